@@ -1,0 +1,298 @@
+"""One validated configuration object for every stage, loaded from ``params.yaml``.
+
+Every knob of the pipeline lives in params.yaml; this module is the only place that knows its
+shape. Errors are turned into one line that names the key path, the offending value and what is
+allowed, so a typo fails in well under a second, before any data is touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; its message is a single line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbeddedDataConfig(_Section):
+    n_subjects: int = Field(120, ge=3)
+    slices_per_subject: int = Field(20, ge=1, le=200)
+    class_fractions: tuple[float, float, float] = (0.4, 0.3, 0.3)
+    field_of_view_mm: float = Field(200.0, gt=50, le=400)
+    min_area_fraction: float = Field(0.7, gt=0.0, lt=1.0)
+    elastic_mm: float = Field(3.0, ge=0.0, le=15.0)
+    rotation_deg: float = Field(8.0, ge=0.0, le=45.0)
+    scale_jitter: float = Field(0.06, ge=0.0, le=0.3)
+    bias_field: float = Field(0.15, ge=0.0, le=0.8)
+    noise: float = Field(0.025, ge=0.0, le=0.3)
+
+    @field_validator("class_fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(value) < 0 or abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError("must be three non-negative numbers that sum to 1")
+        return value
+
+
+class DataConfig(_Section):
+    source: str = "embedded"
+    image_size: int = 64
+    val_fraction: float = Field(0.15, ge=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    subject_pattern: str = r"(OAS\d_\d+_MR\d+)"
+    embedded: EmbeddedDataConfig = EmbeddedDataConfig()
+
+    @field_validator("image_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value < 16 or value > 512 or value & (value - 1):
+            raise ValueError("must be a power of two between 16 and 512 (the networks halve it down to 4x4)")
+        return value
+
+    @field_validator("subject_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        import re
+
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"is not a valid regular expression ({err})") from None
+        return value
+
+
+class ModelConfig(_Section):
+    latent_dim: int = Field(64, ge=2, le=2048)
+    base_channels: int = Field(16, ge=4, le=512)
+    max_channels: int = Field(128, ge=8, le=2048)
+    cbam_res: list[int] = [8, 16, 32]
+    cbam_reduction: int = Field(8, ge=1, le=64)
+    self_attention_res: list[int] = [16]
+    conditional: bool = True
+    logvar_min: float = -8.0
+    logvar_max: float = 4.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ModelConfig":
+        if self.logvar_min >= self.logvar_max:
+            raise ValueError(f"logvar_min ({self.logvar_min}) must be below logvar_max ({self.logvar_max})")
+        for res in [*self.self_attention_res, *self.cbam_res]:
+            if res < 4 or res & (res - 1):
+                raise ValueError(f"attention resolution {res} must be a power of two >= 4")
+        return self
+
+
+class LossConfig(_Section):
+    recon: Literal["l1", "mse"] = "l1"
+    recon_weight: float = Field(1.0, ge=0.0)
+    kl_weight: float = Field(0.05, ge=0.0)
+    kl_warmup_epochs: int = Field(2, ge=0)
+    adv_weight: float = Field(0.01, ge=0.0)
+    adv_start_epoch: int = Field(1, ge=0)
+    gan: Literal["wgan-gp", "hinge"] = "wgan-gp"
+    gp_weight: float = Field(10.0, ge=0.0)
+    gp_every: int = Field(1, ge=1)
+    drift_weight: float = Field(0.001, ge=0.0)
+    feature_weight: float = Field(0.0, ge=0.0)
+
+
+class OptimConfig(_Section):
+    lr: float = Field(2e-4, gt=0.0, le=1.0)
+    lr_critic: float = Field(4e-4, gt=0.0, le=1.0)
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+    beta2: float = Field(0.9, ge=0.0, lt=1.0)
+    critic_beta1: float = Field(0.0, ge=0.0, lt=1.0)
+    n_critic: int = Field(1, ge=1, le=10)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    grad_clip: float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=2)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = True
+    compile: bool = False
+    hflip: bool = True
+    sample_every: int = Field(5, ge=1)
+    log_every: int = Field(50, ge=1)
+    n_sample_images: int = Field(32, ge=1, le=256)
+
+
+class SearchDimension(_Section):
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "SearchDimension":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical dimension needs a non-empty 'choices' list")
+        else:
+            if self.low is None or self.high is None or self.low >= self.high:
+                raise ValueError(f"a {self.type} dimension needs low < high (got low={self.low}, high={self.high})")
+            if self.log and self.low <= 0:
+                raise ValueError(f"a log-scale dimension needs low > 0 (got {self.low})")
+        return self
+
+
+class TuneConfig(_Section):
+    enabled: bool = True
+    n_trials: int = Field(4, ge=0)
+    epochs: int = Field(2, ge=1)
+    max_train_images: int = Field(0, ge=0)
+    eval_images: int = Field(256, ge=8)
+    recon_weight: float = Field(1.0, ge=0.0)
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    search_space: dict[str, SearchDimension] = {}
+
+
+class EvaluateConfig(_Section):
+    n_images: int = Field(512, ge=8)
+    n_pairs: int = Field(256, ge=4)
+    swd_patches_per_image: int = Field(128, ge=8)
+    swd_directions: int = Field(512, ge=16)
+    n_recon_examples: int = Field(8, ge=1, le=64)
+
+
+class MlflowConfig(_Section):
+    experiment: str = Field("brainsynth", min_length=1)
+
+
+class Config(_Section):
+    seed: int = Field(42, ge=0)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    tune: TuneConfig = TuneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="after")
+    def _search_space_names_real_keys(self) -> "Config":
+        known = set(flat_keys(type(self)))
+        for key in self.tune.search_space:
+            if key not in known:
+                raise ValueError(f"tune.search_space names unknown parameter {key!r}{_did_you_mean(key, known)}")
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """The config as ``{"train.epochs": 20, ...}`` with params.yaml key paths."""
+        return flatten(self.model_dump(mode="json"))
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        """A new validated config with dotted-key overrides laid over this one."""
+        raw = self.model_dump(mode="json")
+        for key, value in overrides.items():
+            _set_dotted(raw, key, value)
+        return validate(raw, source="overrides")
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def flat_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every leaf key path a section model accepts (used for 'did you mean' and search spaces)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        path = f"{prefix}{name}"
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(flat_keys(annotation, path + "."))
+        else:
+            keys.append(path)
+    return keys
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def _did_you_mean(key: str, candidates: set[str] | list[str]) -> str:
+    match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _first_error_line(err: ValidationError, raw: dict[str, Any], source: str) -> str:
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    path = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        parent_keys = [".".join(loc[:-1] + [k]) for k in _section_keys(loc[:-1])]
+        hint = _did_you_mean(path, parent_keys)
+        return f"{source}: unknown key {path!r}{hint}"
+    value = first.get("input")
+    message = first["msg"].removeprefix("Value error, ")
+    shown = path or "(top level)"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {shown} = {value!r}: {message}{more}"
+
+
+def _section_keys(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def validate(raw: Any, source: str = "params.yaml") -> Config:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(copy.deepcopy(raw))
+    except ValidationError as err:
+        raise ConfigError(_first_error_line(err, raw, source)) from None
+
+
+def load(path: str | Path = "params.yaml") -> Config:
+    """Read and validate params.yaml; raises ConfigError with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameter file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    return validate(raw, source=str(path))
+
+

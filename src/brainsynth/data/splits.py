@@ -1,0 +1,29 @@
+"""Subject-level, class-stratified train/val/test splits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+def split_by_subject(subjects: np.ndarray, labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """Assign every slice to 'train', 'val' or 'test' so that a subject's slices share one split.
+
+    Subjects are stratified by their most frequent label; every class with at least three subjects
+    gets at least one test subject (and one val subject when ``val_fraction`` > 0).
+    Returns an array of split names, one per slice.
+    """
+    rng = np.random.default_rng(seed)
+    unique, inverse = np.unique(subjects, return_inverse=True)
+    subject_label = np.array([np.bincount(labels[inverse == i]).argmax() for i in range(len(unique))])
+    subject_split = np.empty(len(unique), dtype=object)
+    for label in np.unique(subject_label):
+        members = rng.permutation(np.flatnonzero(subject_label == label))
+        n = len(members)
+        n_test = max(1, round(test_fraction * n)) if n >= 3 else 0
+        n_val = max(1, round(val_fraction * n)) if n >= 3 and val_fraction > 0 else 0
+        subject_split[members[:n_test]] = "test"
+        subject_split[members[n_test : n_test + n_val]] = "val"
+        subject_split[members[n_test + n_val :]] = "train"
+    return subject_split[inverse].astype(str)

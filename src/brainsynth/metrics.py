@@ -1,0 +1,159 @@
+"""Weight-free image-quality metrics. Images are uint8 arrays (N, S, S) unless stated.
+
+* ``swd``: sliced Wasserstein distance between multi-scale 7×7 patch distributions, as defined
+  for ProGAN (Karras et al. 2018). No library ships it for 1-channel images, so it is written
+  here following the reference: Laplacian pyramid with the [1, 4, 6, 4, 1]/16 binomial filter
+  down to 16×16, random 7×7 neighbourhoods per image per level, per-channel normalisation over
+  the descriptors of each set, random unit projections, sorted projections compared, ×1e3.
+  Lower is better; 0 means identical patch statistics.
+* ``ms_ssim_pairs``: mean MS-SSIM over random pairs within a set (torchmetrics); lower = more
+  diverse. Generated-pair values far above real-pair values signal mode collapse.
+* ``psnr`` / ``ssim``: reconstruction fidelity of paired images (torchmetrics for SSIM).
+
+torchmetrics rather than pytorch-msssim: pytorch-msssim asserts room for 4 downsamplings
+whatever the number of scales requested, which rules out a sensible window at 64×64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as _ms_ssim
+from torchmetrics.functional.image import structural_similarity_index_measure as _ssim
+
+_MS_SSIM_WEIGHTS = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
+
+
+def _float01(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, S, S) → float (N, 1, S, S) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).float().div(255.0).unsqueeze(1)
+
+
+def ms_ssim_settings(size: int) -> tuple[int, list[float]]:
+    """Gaussian window size and scale weights valid for ``size``-pixel images.
+
+    The standard 11-px window with 5 scales needs images > 160 px. Smaller images use a 7-px
+    window (3-px below 32 px) and as many of the standard scales as keep the coarsest scale at
+    least twice the window wide, with the standard weights renormalised: 64 px → 7-px window,
+    3 scales; 128 px → 11-px window, 3 scales; 256 px → 4 scales; 512 px → 5 scales.
+    """
+    win = 11 if size >= 128 else 7 if size >= 32 else 3
+    scales = 1
+    while scales < 5 and size / 2**scales >= 2 * win:
+        scales += 1
+    weights = _MS_SSIM_WEIGHTS[:scales]
+    total = sum(weights)
+    return win, [w / total for w in weights]
+
+
+def ms_ssim_pairs(images: np.ndarray, n_pairs: int, seed: int) -> float:
+    """Mean MS-SSIM over ``n_pairs`` random pairs of distinct images of one set."""
+    if len(images) < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, len(images), n_pairs)
+    second = (first + rng.integers(1, len(images), n_pairs)) % len(images)  # never the same image
+    win, weights = ms_ssim_settings(images.shape[-1])
+    values = _ms_ssim(_float01(images[first]), _float01(images[second]), data_range=1.0, kernel_size=win, betas=tuple(weights), reduction="none")
+    return float(values.mean())
+
+
+def psnr(reference: np.ndarray, test: np.ndarray) -> float:
+    """Mean per-image PSNR in dB (data range 255); identical images count as 100 dB."""
+    diff = reference.astype(np.float64) - test.astype(np.float64)
+    mse = (diff**2).reshape(len(diff), -1).mean(axis=1)
+    values = np.where(mse > 0, 10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-12)), 100.0)
+    return float(values.mean())
+
+
+def mean_ssim(reference: np.ndarray, test: np.ndarray) -> float:
+    win, _ = ms_ssim_settings(reference.shape[-1])
+    return float(_ssim(_float01(test), _float01(reference), data_range=1.0, kernel_size=win))
+
+
+# --- sliced Wasserstein distance ------------------------------------------------------------
+
+_BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    kernel = (_BINOMIAL[:, None] * _BINOMIAL[None, :]).to(x)[None, None]
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), kernel)
+
+
+def _down(x: torch.Tensor) -> torch.Tensor:
+    return _blur(x)[..., ::2, ::2]
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    spread = torch.zeros(n, c, h * 2, w * 2, dtype=x.dtype)
+    spread[..., ::2, ::2] = x
+    return _blur(spread) * 4.0
+
+
+def laplacian_pyramid(x: torch.Tensor, min_size: int = 16) -> list[torch.Tensor]:
+    """(N, 1, S, S) float → band-pass levels at S, S/2, …, and the low-pass level at ``min_size``
+    (the ProGAN reference: blur-and-subsample down, zero-insert-and-blur up)."""
+    pyramid = [x]
+    while pyramid[-1].shape[-1] > min_size:
+        pyramid.append(_down(pyramid[-1]))
+        pyramid[-2] = pyramid[-2] - _up(pyramid[-1])
+    return pyramid
+
+
+def _patch_positions(n: int, per_image: int, side: int, generator: torch.Generator, size: int = 7):
+    """Random top-left corners (N, P) of size×size neighbourhoods."""
+    ys = torch.randint(0, side - size + 1, (n, per_image), generator=generator)
+    xs = torch.randint(0, side - size + 1, (n, per_image), generator=generator)
+    return ys, xs
+
+
+def _patches(level: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, size: int = 7) -> torch.Tensor:
+    """The neighbourhoods at (ys, xs) of each image: (N·P, size·size)."""
+    n, per_image = ys.shape
+    offsets = torch.arange(size)
+    rows = (ys[..., None] + offsets)[..., :, None]  # (N, P, size, 1)
+    cols = (xs[..., None] + offsets)[..., None, :]  # (N, P, 1, size)
+    images = torch.arange(n)[:, None, None, None]
+    return level[:, 0][images, rows, cols].reshape(n * per_image, size * size)
+
+
+def _normalise(descriptors: torch.Tensor) -> torch.Tensor:
+    # One channel: ProGAN normalises each colour channel by its mean/std over all descriptors.
+    return (descriptors - descriptors.mean()) / descriptors.std().clamp(min=1e-8)
+
+
+def _sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: int, generator: torch.Generator, chunk: int = 128) -> float:
+    distances = []
+    for start in range(0, directions, chunk):
+        dirs = torch.randn(a.shape[1], min(chunk, directions - start), generator=generator, dtype=a.dtype)
+        dirs = dirs / dirs.norm(dim=0, keepdim=True)
+        # Sort along the last, contiguous axis: many times faster than sorting columns.
+        proj_a = torch.sort((a @ dirs).T.contiguous(), dim=1).values
+        proj_b = torch.sort((b @ dirs).T.contiguous(), dim=1).values
+        distances.append((proj_a - proj_b).abs().mean(dim=1))
+    return float(torch.cat(distances).mean())
+
+
+def swd(real: np.ndarray, fake: np.ndarray, seed: int, patches_per_image: int = 128, directions: int = 512) -> dict[str, float]:
+    """Sliced Wasserstein distance per pyramid level (keys ``swd_<res>``) and their mean (``swd``), ×1e3.
+
+    ``real`` and ``fake`` must have the same number of images and size.
+    """
+    if real.shape != fake.shape:
+        raise ValueError(f"swd needs equal-sized sets, got {real.shape} and {fake.shape}")
+    generator = torch.Generator().manual_seed(seed)
+    out: dict[str, float] = {}
+    levels_real = laplacian_pyramid(_float01(real))
+    levels_fake = laplacian_pyramid(_float01(fake))
+    for level_real, level_fake in zip(levels_real, levels_fake):
+        # The same random positions for both sets (common random numbers): the estimate stays
+        # unbiased, its variance drops, and identical sets score exactly 0.
+        ys, xs = _patch_positions(len(real), patches_per_image, level_real.shape[-1], generator)
+        a = _normalise(_patches(level_real, ys, xs))
+        b = _normalise(_patches(level_fake, ys, xs))
+        out[f"swd_{level_real.shape[-1]}"] = _sliced_wasserstein(a, b, directions, generator) * 1e3
+    out["swd"] = float(np.mean(list(out.values())))
+    return out

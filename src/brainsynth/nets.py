@@ -1,0 +1,229 @@
+"""Networks of the VAE-GAN: encoder, decoder (= the GAN generator) and Wasserstein critic.
+
+Shapes use B = batch, C = channels, S = image side (a power of two), Z = latent size,
+K = number of classes (0 = unconditional). Images are (B, 1, S, S) in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from brainsynth.config import ModelConfig
+
+
+def _groups(channels: int) -> int:
+    return math.gcd(channels, 8)
+
+
+class ChannelAttention(nn.Module):
+    """CBAM channel attention: avg- and max-pooled descriptors → shared MLP → sigmoid gate.
+
+    (B, C, H, W) → (B, C, H, W)
+    """
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = self.mlp(x.mean(dim=(2, 3), keepdim=True))
+        peak = self.mlp(x.amax(dim=(2, 3), keepdim=True))
+        return x * torch.sigmoid(avg + peak)
+
+
+class SpatialAttention(nn.Module):
+    """CBAM spatial attention: channel-wise mean and max maps → 7×7 conv → sigmoid gate.
+
+    (B, C, H, W) → (B, C, H, W)
+    """
+
+    def __init__(self, kernel_size: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.conv(maps))
+
+
+class CBAM(nn.Sequential):
+    """Channel attention followed by spatial attention (Woo et al. 2018). (B, C, H, W) → same."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__(ChannelAttention(channels, reduction), SpatialAttention())
+
+
+class SelfAttention(nn.Module):
+    """SAGAN self-attention: query/key at C/8, value at C/2, 2×2 max-pooled keys/values,
+    learned residual gate initialised to 0 (so the block starts as the identity).
+
+    (B, C, H, W) → (B, C, H, W)
+    """
+
+    def __init__(self, channels: int, sn: bool = False):
+        super().__init__()
+        wrap = spectral_norm if sn else (lambda m: m)
+        inner = max(channels // 8, 1)
+        self.value_channels = max(channels // 2, 1)
+        self.query = wrap(nn.Conv2d(channels, inner, 1, bias=False))
+        self.key = wrap(nn.Conv2d(channels, inner, 1, bias=False))
+        self.value = wrap(nn.Conv2d(channels, self.value_channels, 1, bias=False))
+        self.out = wrap(nn.Conv2d(self.value_channels, channels, 1, bias=False))
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        query = self.query(x).flatten(2).transpose(1, 2)  # (B, HW, C/8)
+        key = F.max_pool2d(self.key(x), 2).flatten(2)  # (B, C/8, HW/4)
+        value = F.max_pool2d(self.value(x), 2).flatten(2)  # (B, C/2, HW/4)
+        attention = torch.softmax(query @ key, dim=-1)  # (B, HW, HW/4)
+        attended = (value @ attention.transpose(1, 2)).view(b, self.value_channels, h, w)
+        return x + self.gate * self.out(attended)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block that changes resolution; GroupNorm when ``norm``.
+
+    'down': (B, C_in, H, W) → (B, C_out, H/2, W/2); 'up': (B, C_in, H, W) → (B, C_out, 2H, 2W).
+    One of the two 3×3 convolutions runs at the lower resolution, which quarters its cost
+    compared with the BigGAN layout and matters on CPU, where these blocks are the whole budget.
+    """
+
+    def __init__(self, c_in: int, c_out: int, resample: str, norm: bool, act: nn.Module, sn: bool = False):
+        super().__init__()
+        if resample not in ("down", "up"):
+            raise ValueError(f"resample must be 'down' or 'up', got {resample!r}")
+        wrap = spectral_norm if sn else (lambda m: m)
+        self.resample = resample
+        self.norm1 = nn.GroupNorm(_groups(c_in), c_in) if norm else nn.Identity()
+        mid = c_in if resample == "down" else c_out
+        self.conv1 = wrap(nn.Conv2d(c_in, mid, 3, padding=1))
+        self.norm2 = nn.GroupNorm(_groups(mid), mid) if norm else nn.Identity()
+        self.conv2 = wrap(nn.Conv2d(mid, c_out, 3, padding=1))
+        self.skip = wrap(nn.Conv2d(c_in, c_out, 1)) if c_in != c_out else nn.Identity()
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resample == "down":
+            h = F.avg_pool2d(self.conv1(self.act(self.norm1(x))), 2)  # conv at H, then pool
+            h = self.conv2(self.act(self.norm2(h)))  # conv at H/2
+            return h + self.skip(F.avg_pool2d(x, 2))
+        h = F.interpolate(self.conv1(self.act(self.norm1(x))), scale_factor=2.0, mode="nearest")  # conv at H
+        h = self.conv2(self.act(self.norm2(h)))  # conv at 2H
+        return h + F.interpolate(self.skip(x), scale_factor=2.0, mode="nearest")
+
+
+def channel_plan(cfg: ModelConfig, image_size: int) -> list[int]:
+    """Channels at each resolution from S down to 4: [c(S), c(S/2), ..., c(4)]."""
+    depth = int(math.log2(image_size // 4))
+    return [min(cfg.base_channels * 2**i, cfg.max_channels) for i in range(depth + 1)]
+
+
+class Encoder(nn.Module):
+    """(B, 1, S, S) [, labels (B,)] → mu (B, Z), logvar (B, Z), logvar clamped to the config's range."""
+
+    def __init__(self, cfg: ModelConfig, image_size: int, n_classes: int = 0):
+        super().__init__()
+        chans = channel_plan(cfg, image_size)
+        self.stem = nn.Conv2d(1, chans[0], 3, padding=1)
+        blocks: list[nn.Module] = []
+        res = image_size
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            blocks.append(ResBlock(c_in, c_out, "down", norm=True, act=nn.SiLU()))
+            res //= 2
+            if res in cfg.cbam_res:
+                blocks.append(CBAM(c_out, cfg.cbam_reduction))
+            if res in cfg.self_attention_res:
+                blocks.append(SelfAttention(c_out))
+        self.blocks = nn.Sequential(*blocks)
+        self.out_norm = nn.GroupNorm(_groups(chans[-1]), chans[-1])
+        self.embed = nn.Embedding(n_classes, 32) if n_classes else None
+        self.head = nn.Linear(chans[-1] * 16 + (32 if n_classes else 0), 2 * cfg.latent_dim)
+        self.logvar_range = (cfg.logvar_min, cfg.logvar_max)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.silu(self.out_norm(self.blocks(self.stem(x)))).flatten(1)
+        if self.embed is not None:
+            h = torch.cat([h, self.embed(labels)], dim=1)
+        mu, logvar = self.head(h).chunk(2, dim=1)
+        return mu, logvar.clamp(*self.logvar_range)
+
+
+class Decoder(nn.Module):
+    """The generator: z (B, Z) [, labels (B,)] → image (B, 1, S, S) in [-1, 1].
+
+    The same network decodes encoder samples (reconstructions) and prior samples z ~ N(0, I).
+    """
+
+    def __init__(self, cfg: ModelConfig, image_size: int, n_classes: int = 0):
+        super().__init__()
+        chans = channel_plan(cfg, image_size)[::-1]
+        self.embed = nn.Embedding(n_classes, 32) if n_classes else None
+        self.fc = nn.Linear(cfg.latent_dim + (32 if n_classes else 0), chans[0] * 16)
+        blocks: list[nn.Module] = []
+        res = 4
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            blocks.append(ResBlock(c_in, c_out, "up", norm=True, act=nn.SiLU()))
+            res *= 2
+            if res in cfg.cbam_res:
+                blocks.append(CBAM(c_out, cfg.cbam_reduction))
+            if res in cfg.self_attention_res:
+                blocks.append(SelfAttention(c_out))
+        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.Sequential(nn.GroupNorm(_groups(chans[-1]), chans[-1]), nn.SiLU(), nn.Conv2d(chans[-1], 1, 3, padding=1))
+        self.first_channels = chans[0]
+        self.latent_dim = cfg.latent_dim
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(labels)], dim=1)
+        h = self.fc(z).view(z.shape[0], self.first_channels, 4, 4)
+        return torch.tanh(self.out(self.blocks(h)))
+
+
+class Critic(nn.Module):
+    """Wasserstein critic: (B, 1, S, S) [, labels (B,)] → raw score (B,). No sigmoid, no BatchNorm.
+
+    Class conditioning by projection (Miyato & Koyama 2018): score = w·h + <embed(y), h>.
+    ``spectral=True`` wraps every layer in spectral norm (for the hinge loss; not with WGAN-GP).
+    ``forward(..., features=True)`` also returns the mid-level feature map used by the
+    Larsen-style feature reconstruction loss.
+    """
+
+    def __init__(self, cfg: ModelConfig, image_size: int, n_classes: int = 0, spectral: bool = False):
+        super().__init__()
+        wrap = spectral_norm if spectral else (lambda m: m)
+        chans = channel_plan(cfg, image_size)
+        act = nn.LeakyReLU(0.2)
+        self.stem = wrap(nn.Conv2d(1, chans[0], 3, padding=1))
+        blocks: list[nn.Module] = []
+        res = image_size
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            blocks.append(ResBlock(c_in, c_out, "down", norm=False, act=act, sn=spectral))
+            res //= 2
+            if res in cfg.self_attention_res:
+                blocks.append(SelfAttention(c_out, sn=spectral))
+        self.blocks = nn.ModuleList(blocks)
+        self.feature_index = max(0, len(blocks) // 2 - 1)
+        self.act = act
+        self.linear = wrap(nn.Linear(chans[-1], 1))
+        self.embed = wrap(nn.Embedding(n_classes, chans[-1])) if n_classes else None
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, features: bool = False):
+        h = self.stem(x)
+        mid = h
+        for index, block in enumerate(self.blocks):
+            h = block(h)
+            if index == self.feature_index:
+                mid = h
+        pooled = self.act(h).sum(dim=(2, 3))  # (B, C)
+        score = self.linear(pooled).squeeze(1)
+        if self.embed is not None:
+            score = score + (self.embed(labels) * pooled).sum(dim=1)
+        return (score, mid) if features else score

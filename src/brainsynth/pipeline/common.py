@@ -1,0 +1,154 @@
+"""What every stage does around its own work: validate params, log to file and terminal, open
+one MLflow run, turn any failure into a one-line error + FAILED run + non-zero exit, and write
+outputs atomically so a failed stage never leaves earlier results half-overwritten."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import mlflow
+
+from brainsynth import tracking
+from brainsynth.checkpoint import CheckpointError
+from brainsynth.config import Config, ConfigError, load
+from brainsynth.data.folder import DataError
+from brainsynth.engine import DivergenceError
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, DivergenceError)
+LOG_DIR = Path("logs")
+METRICS_DIR = Path("metrics")
+
+log = logging.getLogger("brainsynth")
+
+
+class StageError(RuntimeError):
+    """A stage-level problem a user can act on (missing upstream output, …)."""
+
+
+USER_ERRORS = (*USER_ERRORS, StageError)
+
+
+def setup_logging(stage: str) -> Path:
+    LOG_DIR.mkdir(exist_ok=True)
+    path = LOG_DIR / f"{stage}.log"
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    for handler in (logging.FileHandler(path, mode="w"), logging.StreamHandler(sys.stderr)):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    for noisy in ("alembic", "mlflow", "optuna", "matplotlib", "PIL", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return path
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def write_metrics(stage: str, metrics: dict) -> Path:
+    path = METRICS_DIR / f"{stage}.json"
+    write_json_atomic(path, metrics)
+    return path
+
+
+@contextmanager
+def atomic_dir(target: Path):
+    """Yield a fresh temporary folder beside ``target``; on success it replaces ``target`` whole,
+    on failure it is removed and ``target`` is left as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    backup = target.with_name(f".{target.name}.old")
+    shutil.rmtree(backup, ignore_errors=True)
+    if target.exists():
+        os.replace(target, backup)
+    os.replace(staging, target)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def read_json(path: Path, producer: str) -> dict:
+    if not path.is_file():
+        raise StageError(f"{path}: missing (run the {producer} stage first: dvc repro {producer})")
+    return json.loads(path.read_text())
+
+
+def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], params_path: str = "params.yaml") -> None:
+    """Entry point used by ``stages/<stage>.py``. Exits non-zero with a one-line error on failure."""
+    try:
+        cfg = load(params_path)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    log_path = setup_logging(stage)
+    stage_log = logging.getLogger(f"brainsynth.{stage}")
+    try:
+        tracking.setup(cfg)
+        body(cfg, stage_log)
+    except KeyboardInterrupt:
+        _close_active_runs("KILLED", "interrupted by the user", log_path)
+        stage_log.error("%s: interrupted", stage)
+        sys.exit(130)
+    except USER_ERRORS as err:
+        stage_log.error("%s", err)
+        _close_active_runs("FAILED", str(err), log_path)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as err:  # unexpected: keep the traceback in the log, one line on the terminal
+        stage_log.error("%s failed:\n%s", stage, traceback.format_exc())
+        message = f"{type(err).__name__}: {err}".splitlines()[0]
+        _close_active_runs("FAILED", message, log_path)
+        print(f"error: {stage} failed: {message} (traceback in {log_path})", file=sys.stderr)
+        sys.exit(1)
+
+
+def _close_active_runs(status: str, message: str, log_path: Path) -> None:
+    while (run := mlflow.active_run()) is not None:
+        try:
+            mlflow.set_tag("error", message[:4000])
+            mlflow.log_artifact(str(log_path))
+        except Exception:  # the store itself may be what failed; the status update still matters
+            pass
+        mlflow.end_run(status=status)
+
+
+@contextmanager
+def stage_run(stage: str, cfg: Config, upstream: dict[str, str] | None = None, resume_run_id: str | None = None,
+              extra_params: dict | None = None):
+    """One MLflow run for this stage execution: tags, flat params, the stage log as artifact.
+
+    ``resume_run_id`` reopens an earlier (interrupted) run so its metric history continues.
+    Failures propagate to ``run_stage``, which marks the run FAILED.
+    """
+    if resume_run_id:
+        run = mlflow.start_run(run_id=resume_run_id)
+        mlflow.set_tag("resumed", "true")
+    else:
+        run = mlflow.start_run(run_name=tracking.run_name(stage), tags=tracking.stage_tags(stage, upstream))
+        tracking.log_params_flat({**cfg.flat(), **(extra_params or {})})
+    yield run
+    logging.getLogger(f"brainsynth.{stage}").info("mlflow run %s finished", run.info.run_id)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    mlflow.log_artifact(str(LOG_DIR / f"{stage}.log"))
+    mlflow.end_run(status="FINISHED")

@@ -1,0 +1,50 @@
+"""Figures: labelled image grids (matplotlib) written as PNG files. Images are uint8 (N, S, S)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers or CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def labelled_grid(rows: list[np.ndarray], row_labels: list[str], path: Path, title: str = "", col_labels: list[str] | None = None) -> Path:
+    """One row of images per entry of ``rows`` (each (n_i, S, S)), labelled on the left."""
+    n_cols = max((len(r) for r in rows), default=1)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.1 * n_cols + 1.2, 1.15 * len(rows) + 0.5), squeeze=False)
+    for r, (images, label) in enumerate(zip(rows, row_labels)):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(images):
+                ax.imshow(images[c], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            if c == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+            if col_labels and r == 0 and c < len(col_labels):
+                ax.set_title(col_labels[c], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def class_rows(images: np.ndarray, labels: np.ndarray, class_names: list[str], per_row: int, rng: np.random.Generator) -> tuple[list[np.ndarray], list[str]]:
+    """Pick up to ``per_row`` random images of each class."""
+    rows, names = [], []
+    for k, name in enumerate(class_names):
+        members = np.flatnonzero(labels == k)
+        if len(members) == 0:
+            continue
+        pick = rng.choice(members, size=min(per_row, len(members)), replace=False)
+        rows.append(images[np.sort(pick)])
+        names.append(name)
+    return rows, names

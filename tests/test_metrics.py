@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from brainsynth import metrics
+from brainsynth.config import EmbeddedDataConfig
+from brainsynth.data.embedded import build_cohort
+
+
+@pytest.fixture(scope="module")
+def brains():
+    cohort = build_cohort(EmbeddedDataConfig(n_subjects=12, slices_per_subject=8), 32, seed=5)
+    return cohort.images
+
+
+def test_swd_of_a_set_with_itself_is_zero(brains):
+    result = metrics.swd(brains, brains, seed=0, patches_per_image=16, directions=64)
+    assert result["swd"] == pytest.approx(0.0, abs=1e-9)
+    assert set(result) == {"swd", "swd_32", "swd_16"}
+
+
+def test_swd_grows_monotonically_with_blur(brains):
+    def blurred(sigma):
+        return np.stack([ndimage.gaussian_filter(b.astype(float), sigma) for b in brains]).round().astype(np.uint8)
+
+    values = [metrics.swd(brains, blurred(s), seed=0, patches_per_image=32, directions=128)["swd"] for s in (0.5, 1.0, 2.0)]
+    assert values[0] < values[1] < values[2]
+
+
+def test_swd_grows_monotonically_as_the_distribution_shifts(brains):
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0, 1, brains.shape)
+
+    def shifted(sigma):
+        return np.clip(brains + sigma * noise, 0, 255).astype(np.uint8)
+
+    values = [metrics.swd(brains, shifted(s), seed=0, patches_per_image=32, directions=128)["swd"] for s in (2, 8, 32)]
+    assert values[0] < values[1] < values[2]
+
+
+def test_swd_ignores_global_brightness_and_contrast(brains):
+    # Descriptors are normalised per set (as in ProGAN): a global affine intensity change is invisible.
+    changed = (brains // 2 + 60).astype(np.uint8)
+    assert metrics.swd(brains, changed, seed=0, patches_per_image=32, directions=128)["swd"] < 5.0
+
+
+def test_swd_requires_equal_sets(brains):
+    with pytest.raises(ValueError, match="equal-sized"):
+        metrics.swd(brains[:10], brains[:11], seed=0)
+
+
+def test_ms_ssim_of_identical_pairs_is_one_and_real_pairs_below(brains):
+    twins = np.repeat(brains[:1], 5, axis=0)
+    assert metrics.ms_ssim_pairs(twins, 8, seed=0) == pytest.approx(1.0, abs=1e-5)
+    assert metrics.ms_ssim_pairs(brains, 32, seed=0) < 0.95
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 128, 256, 512])
+def test_ms_ssim_settings_are_valid_for_every_size(size):
+    win, weights = metrics.ms_ssim_settings(size)
+    assert win % 2 == 1 and abs(sum(weights) - 1) < 1e-9
+    assert size / 2 ** (len(weights) - 1) >= 2 * win or len(weights) == 1
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (3, size, size), dtype=np.uint8)
+    value = metrics.ms_ssim_pairs(images, 2, seed=0)
+    assert 0 <= value < 1
+
+
+def test_psnr_and_ssim(brains):
+    assert metrics.psnr(brains, brains) == 100.0
+    assert metrics.mean_ssim(brains, brains) == pytest.approx(1.0, abs=1e-5)
+    noisy = np.clip(brains.astype(int) + np.random.default_rng(0).integers(-20, 20, brains.shape), 0, 255).astype(np.uint8)
+    assert 20 < metrics.psnr(brains, noisy) < 40
+    assert metrics.mean_ssim(brains, noisy) < 0.99

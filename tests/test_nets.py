@@ -1,0 +1,80 @@
+import pytest
+import torch
+from torch import nn
+
+from brainsynth import losses
+from brainsynth.config import ModelConfig
+from brainsynth.nets import CBAM, ChannelAttention, Critic, Decoder, Encoder, ResBlock, SelfAttention, SpatialAttention
+
+
+@pytest.mark.parametrize("block", [ChannelAttention(16, 4), SpatialAttention(), CBAM(16, 4), SelfAttention(16)])
+def test_attention_blocks_keep_shape_and_pass_gradients(block):
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    out = block(x)
+    assert out.shape == x.shape
+    out.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_self_attention_starts_as_identity_and_learns_a_gate():
+    block = SelfAttention(16)
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.equal(block(x), x)  # gate initialised to 0
+    block(x).sum().backward()
+    assert block.gate.grad is not None
+
+
+@pytest.mark.parametrize("resample,shape", [("down", (2, 12, 4, 4)), ("up", (2, 12, 16, 16))])
+def test_resblock_resamples(resample, shape):
+    block = ResBlock(8, 12, resample, norm=True, act=nn.SiLU())
+    assert block(torch.randn(2, 8, 8, 8)).shape == shape
+
+
+@pytest.mark.parametrize("size,n_classes", [(32, 0), (32, 3), (64, 2)])
+def test_encoder_decoder_critic_shapes_and_gradients(size, n_classes):
+    cfg = ModelConfig(latent_dim=8, base_channels=8, max_channels=32, cbam_res=[8], self_attention_res=[8])
+    enc, dec, critic = Encoder(cfg, size, n_classes), Decoder(cfg, size, n_classes), Critic(cfg, size, n_classes)
+    x = torch.rand(3, 1, size, size) * 2 - 1
+    y = torch.tensor([0, 1, 1]) % max(n_classes, 1) if n_classes else None
+    mu, logvar = enc(x, y)
+    assert mu.shape == logvar.shape == (3, 8)
+    assert logvar.min() >= cfg.logvar_min and logvar.max() <= cfg.logvar_max
+    out = dec(mu, y)
+    assert out.shape == x.shape and out.abs().max() <= 1
+    score = critic(out, y)
+    assert score.shape == (3,)
+    score.sum().backward()
+    for net in (enc, dec, critic):
+        grads = [p.grad for p in net.parameters() if p.requires_grad and p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_critic_is_a_raw_wasserstein_score():
+    cfg = ModelConfig(latent_dim=8, base_channels=8, max_channels=32)
+    critic = Critic(cfg, 32, 0)
+    assert not any(isinstance(m, (nn.Sigmoid, nn.BatchNorm2d, nn.BatchNorm1d)) for m in critic.modules())
+    with torch.no_grad():
+        critic.linear.weight.mul_(1e3)
+    scores = critic(torch.rand(16, 1, 32, 32) * 2 - 1)
+    assert scores.abs().max() > 1.0  # unbounded: not squashed into (0, 1)
+
+
+def test_gradient_penalty_finite_and_positive():
+    cfg = ModelConfig(latent_dim=8, base_channels=8, max_channels=32, self_attention_res=[8])
+    critic = Critic(cfg, 32, 3)
+    real, fake = torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32)
+    gp = losses.gradient_penalty(critic, real, fake, torch.tensor([0, 1, 2, 0]))
+    assert torch.isfinite(gp) and gp > 0
+    gp.backward()  # double backward through attention works
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in critic.parameters())
+
+
+def test_hinge_critic_uses_spectral_norm():
+    cfg = ModelConfig(latent_dim=8, base_channels=8, max_channels=32)
+    critic = Critic(cfg, 32, 0, spectral=True)
+    assert any("parametrizations" in name for name, _ in critic.named_parameters())
+
+
+def test_kl_is_zero_for_the_prior_and_positive_otherwise():
+    assert losses.kl_divergence(torch.zeros(4, 8), torch.zeros(4, 8)).item() == pytest.approx(0.0)
+    assert losses.kl_divergence(torch.ones(4, 8), torch.zeros(4, 8)).item() == pytest.approx(4.0)

@@ -1,0 +1,171 @@
+"""End to end: real `dvc repro` in a temporary copy of the repo, then check the MLflow store."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "mlflow": {"experiment": "e2e"},
+    "data": {"image_size": 32, "embedded": {"n_subjects": 9, "slices_per_subject": 4}},
+    "model": {"latent_dim": 8, "base_channels": 8, "max_channels": 16, "cbam_res": [8], "self_attention_res": [8]},
+    "train": {"epochs": 2, "batch_size": 4, "sample_every": 1, "log_every": 2},
+    "loss": {"adv_start_epoch": 0, "kl_warmup_epochs": 1},
+    "tune": {"n_trials": 2, "epochs": 1, "max_train_images": 0, "eval_images": 8},
+    "evaluate": {"n_images": 12, "n_pairs": 8, "swd_patches_per_image": 16, "swd_directions": 32, "n_recon_examples": 4},
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            _merge(base.setdefault(key, {}), value)
+        else:
+            base[key] = value
+    return base
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("GIT_AUTHOR_NAME", "e2e")
+    env.setdefault("GIT_AUTHOR_EMAIL", "e2e@example.com")
+    env.setdefault("GIT_COMMITTER_NAME", "e2e")
+    env.setdefault("GIT_COMMITTER_EMAIL", "e2e@example.com")
+    return env
+
+
+def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    work = tmp_path_factory.mktemp("repo")
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, work / name)
+    params = _merge(yaml.safe_load((work / "params.yaml").read_text()), TINY)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], work)
+    _run(["git", "add", "-A"], work)
+    _run(["git", "commit", "-qm", "e2e"], work)
+    repro = _run(["dvc", "repro"], work)
+    return work, repro
+
+
+def _runs(work: Path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("e2e")
+    assert experiment is not None, "the experiment named in params.yaml was not created"
+    return client, client.search_runs([experiment.experiment_id], max_results=200)
+
+
+def test_four_finished_stage_runs_with_lineage(pipeline):
+    work, _ = pipeline
+    client, runs = _runs(work)
+    stages = {}
+    for run in runs:
+        stage = run.data.tags.get("stage")
+        if stage in ("prepare", "tune", "train", "evaluate"):
+            assert stage not in stages, f"two {stage} runs"
+            stages[stage] = run
+    assert set(stages) == {"prepare", "tune", "train", "evaluate"}
+    for stage, run in stages.items():
+        assert run.info.status == "FINISHED", stage
+        assert run.data.metrics, f"{stage} logged no metrics"
+        assert run.data.tags.get("git_commit"), stage
+        assert "seed" in run.data.params and "train.epochs" in run.data.params
+    assert stages["tune"].data.tags["upstream_run_id"] == stages["prepare"].info.run_id
+    assert stages["train"].data.tags["upstream_run_id"] == stages["tune"].info.run_id
+    assert stages["evaluate"].data.tags["upstream_run_id"] == stages["train"].info.run_id
+
+    trials = [r for r in runs if r.data.tags.get("stage") == "tune-trial"]
+    assert len(trials) == 2
+    assert all(r.data.tags.get("mlflow.parentRunId") == stages["tune"].info.run_id for r in trials)
+
+    for stage, expected in {"prepare": "figures/preview.png", "train": "figures/samples.png", "evaluate": "figures/samples_per_class.png"}.items():
+        folder, name = expected.split("/")
+        names = [Path(a.path).name for a in client.list_artifacts(stages[stage].info.run_id, folder)]
+        assert name in names, f"{stage} artifacts: {names}"
+    model_files = [Path(a.path).name for a in client.list_artifacts(stages["train"].info.run_id, "model")]
+    assert "model.pt" in model_files
+    # artifacts live under the repo's mlruns/, next to mlflow.db, where a bare `mlflow ui` finds them
+    assert list((work / "mlruns").rglob("samples_per_class.png"))
+    assert stages["train"].data.metrics["epochs"] == 2
+
+
+def test_metrics_files_and_keys(pipeline):
+    work, _ = pipeline
+    for stage in ("prepare", "tune", "train", "evaluate"):
+        assert (work / "metrics" / f"{stage}.json").is_file()
+    evaluation = json.loads((work / "metrics" / "evaluate.json").read_text())
+    for key in ("recon_psnr", "recon_ssim", "ms_ssim_samples", "ms_ssim_real", "swd"):
+        assert isinstance(evaluation[key], float), key
+    prepare = json.loads((work / "metrics" / "prepare.json").read_text())
+    assert prepare["n_images"] == 36 and prepare["test/n_subjects"] >= 3
+    assert (work / "models" / "train" / "model.pt").is_file()
+
+
+def test_second_repro_is_a_noop_and_params_touch_only_their_stage(pipeline):
+    work, _ = pipeline
+    again = _run(["dvc", "repro"], work)
+    assert "Running stage" not in again.stdout
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["evaluate"]["n_pairs"] = 10
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(_run(["dvc", "status", "--json"], work).stdout)
+    assert set(status) == {"evaluate"}
+    params["evaluate"]["n_pairs"] = 8
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_failed_stage_is_one_line_failed_run_and_keeps_outputs(pipeline):
+    work, _ = pipeline
+    before = (work / "metrics" / "evaluate.json").read_text()
+    model = work / "models" / "train" / "model.pt"
+    saved = model.read_bytes()
+    model.write_bytes(b"not a checkpoint")
+    try:
+        result = _run([str(BIN / "python"), "stages/evaluate.py"], work, check=False)
+    finally:
+        model.write_bytes(saved)
+    assert result.returncode != 0
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "model.pt" in error_lines[0]
+    assert (work / "metrics" / "evaluate.json").read_text() == before
+    _, runs = _runs(work)
+    failed = [r for r in runs if r.data.tags.get("stage") == "evaluate" and r.info.status == "FAILED"]
+    assert failed and "model.pt" in failed[0].data.tags["error"]
+
+
+def test_invalid_params_fail_fast_with_the_key(pipeline):
+    work, _ = pipeline
+    params_text = (work / "params.yaml").read_text()
+    try:
+        (work / "params.yaml").write_text(params_text.replace("epochs: 2", "epochs: two", 1))
+        result = _run([str(BIN / "python"), "stages/train.py"], work, check=False)
+    finally:
+        (work / "params.yaml").write_text(params_text)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "train.epochs" in result.stderr and "'two'" in result.stderr
