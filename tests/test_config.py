@@ -55,3 +55,22 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(bad)
+
+
+def test_readme_documents_every_parameter():
+    readme = (REPO / "README.md").read_text()
+    documented = {line.split("|")[1].strip().strip("`") for line in readme.splitlines() if line.startswith("| `")}
+    keys = {k for k in load(REPO / "params.yaml").flat() if not k.startswith("tune.search_space.")}
+    keys.add("tune.search_space")
+    assert keys <= documented, f"undocumented in README: {sorted(keys - documented)}"
+
+
+def test_plain_vae_request_is_not_undone_by_tuning():
+    import logging
+
+    from brainsynth.pipeline.tune import search_space
+
+    cfg = load(REPO / "params.yaml")
+    assert "loss.adv_weight" in search_space(cfg, logging.getLogger("t"))
+    vae = cfg.with_overrides({"loss.adv_weight": 0.0})
+    assert "loss.adv_weight" not in search_space(vae, logging.getLogger("t"))

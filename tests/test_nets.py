@@ -4,7 +4,7 @@ from torch import nn
 
 from brainsynth import losses
 from brainsynth.config import ModelConfig
-from brainsynth.nets import CBAM, ChannelAttention, Critic, Decoder, Encoder, ResBlock, SelfAttention, SpatialAttention
+from brainsynth.nets import CBAM, ChannelAttention, Critic, Decoder, Encoder, MinibatchStd, ResBlock, SelfAttention, SpatialAttention
 
 
 @pytest.mark.parametrize("block", [ChannelAttention(16, 4), SpatialAttention(), CBAM(16, 4), SelfAttention(16)])
@@ -78,3 +78,13 @@ def test_hinge_critic_uses_spectral_norm():
 def test_kl_is_zero_for_the_prior_and_positive_otherwise():
     assert losses.kl_divergence(torch.zeros(4, 8), torch.zeros(4, 8)).item() == pytest.approx(0.0)
     assert losses.kl_divergence(torch.ones(4, 8), torch.zeros(4, 8)).item() == pytest.approx(4.0)
+
+
+def test_minibatch_std_reports_diversity_per_group():
+    layer = MinibatchStd(group=4)
+    same = torch.ones(8, 3, 4, 4)
+    varied = torch.randn(8, 3, 4, 4)
+    out_same, out_varied = layer(same), layer(varied)
+    assert out_same.shape == (8, 4, 4, 4)
+    assert out_same[:, 3].abs().max() < 1e-3  # identical samples: no spread
+    assert out_varied[:, 3].min() > 0.3

@@ -79,6 +79,8 @@ class ModelConfig(_Section):
     cbam_reduction: int = Field(8, ge=1, le=64)
     self_attention_res: list[int] = [16]
     conditional: bool = True
+    critic_mbstd_group: int = Field(4, ge=0, le=64)
+    upsample: Literal["nearest", "bilinear"] = "bilinear"
     logvar_min: float = -8.0
     logvar_max: float = 4.0
 
@@ -104,6 +106,7 @@ class LossConfig(_Section):
     gp_every: int = Field(1, ge=1)
     drift_weight: float = Field(0.001, ge=0.0)
     feature_weight: float = Field(0.0, ge=0.0)
+    instance_noise: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class OptimConfig(_Section):

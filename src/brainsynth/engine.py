@@ -151,9 +151,10 @@ class Trainer:
         cfg = self.cfg.loss
         critic = self.model.critic
         yc = self._labels_or_none(y)
+        x, fake = self._noisy(x), self._noisy(fake)
         with torch.autocast(**self.autocast):
             d_real = critic(x, yc).float()
-            d_fake = critic(fake, self._labels_or_none(fake_labels)).float()
+            d_fake = self._score_fakes(fake, fake_labels, x.shape[0])
         if cfg.gan == "wgan-gp":
             loss = losses.critic_wasserstein(d_real, d_fake, cfg.drift_weight)
         else:
@@ -173,6 +174,23 @@ class Trainer:
         acc[4] += loss.detach()
         acc[5] += gp.detach()
         acc[6] += (d_real.mean() - d_fake.mean()).detach()
+
+    def _score_fakes(self, fake: torch.Tensor, labels: torch.Tensor, n_recon: int) -> torch.Tensor:
+        """Critic scores of reconstructions and prior samples, scored in separate calls so that the
+        minibatch-stddev feature sees each set alone (mixed groups would let diverse
+        reconstructions hide collapsed prior samples). (B [+ B/2], 1, S, S) → (B [+ B/2],)"""
+        critic = self.model.critic
+        parts = [critic(fake[:n_recon], self._labels_or_none(labels[:n_recon])).float()]
+        if fake.shape[0] > n_recon:
+            parts.append(critic(fake[n_recon:], self._labels_or_none(labels[n_recon:])).float())
+        return torch.cat(parts)
+
+    def _noisy(self, images: torch.Tensor) -> torch.Tensor:
+        """Instance noise (Sønderby et al. 2016) on everything the critic sees: real MRI carries
+        acquisition noise a deterministic decoder cannot reproduce, and without it the critic
+        wins on that cue alone and pushes the decoder towards periodic textures."""
+        sigma = self.cfg.loss.instance_noise
+        return images + sigma * torch.randn_like(images) if sigma > 0 else images
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, kl_scale: float, adversarial: bool, acc: torch.Tensor) -> None:
         """n_critic critic updates, then one encoder/decoder update. The last critic update reuses
@@ -195,16 +213,19 @@ class Trainer:
         adv = torch.zeros((), device=self.device)
         if adversarial:
             model.critic.requires_grad_(False)  # the generator step must not accumulate critic grads
-            labels = self._labels_or_none(decoded_labels)
             with torch.autocast(**self.autocast):
                 if cfg.feature_weight > 0:
-                    scores, feats = model.critic(decoded, labels, features=True)
+                    b = x.shape[0]
+                    scores, feats = model.critic(self._noisy(decoded[:b]), self._labels_or_none(decoded_labels[:b]), features=True)
                     with torch.no_grad():
-                        _, real_feats = model.critic(x, self._labels_or_none(y), features=True)
+                        _, real_feats = model.critic(self._noisy(x), self._labels_or_none(y), features=True)
                     feature_rec = (feats[: x.shape[0]].float() - real_feats.float()).abs().mean()
                     loss = loss + cfg.feature_weight * feature_rec
+                    if decoded.shape[0] > b:
+                        prior_scores = model.critic(self._noisy(decoded[b:]), self._labels_or_none(decoded_labels[b:]))
+                        scores = torch.cat([scores.float(), prior_scores.float()])
                 else:
-                    scores = model.critic(decoded, labels)
+                    scores = self._score_fakes(self._noisy(decoded), decoded_labels, x.shape[0])
             adv = losses.generator_adversarial(scores.float())
             loss = loss + cfg.adv_weight * adv
             model.critic.requires_grad_(True)

@@ -87,6 +87,27 @@ class SelfAttention(nn.Module):
         return x + self.gate * self.out(attended)
 
 
+class MinibatchStd(nn.Module):
+    """ProGAN minibatch standard deviation: appends one feature map holding the mean std of the
+    features across groups of ``group`` samples, so the critic can see a lack of diversity
+    (mode collapse) that no single-sample score reveals.
+
+    (B, C, H, W) → (B, C + 1, H, W); B must be divisible by the group size actually used.
+    """
+
+    def __init__(self, group: int = 4):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        group = math.gcd(self.group, b)
+        y = x.float().view(group, -1, c, h, w)
+        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (B/group,)
+        feature = std.repeat(group).view(b, 1, 1, 1).expand(b, 1, h, w).to(x.dtype)
+        return torch.cat([x, feature], dim=1)
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block that changes resolution; GroupNorm when ``norm``.
 
@@ -95,8 +116,9 @@ class ResBlock(nn.Module):
     compared with the BigGAN layout and matters on CPU, where these blocks are the whole budget.
     """
 
-    def __init__(self, c_in: int, c_out: int, resample: str, norm: bool, act: nn.Module, sn: bool = False):
+    def __init__(self, c_in: int, c_out: int, resample: str, norm: bool, act: nn.Module, sn: bool = False, upsample: str = "nearest"):
         super().__init__()
+        self.upsample = upsample
         if resample not in ("down", "up"):
             raise ValueError(f"resample must be 'down' or 'up', got {resample!r}")
         wrap = spectral_norm if sn else (lambda m: m)
@@ -114,9 +136,14 @@ class ResBlock(nn.Module):
             h = F.avg_pool2d(self.conv1(self.act(self.norm1(x))), 2)  # conv at H, then pool
             h = self.conv2(self.act(self.norm2(h)))  # conv at H/2
             return h + self.skip(F.avg_pool2d(x, 2))
-        h = F.interpolate(self.conv1(self.act(self.norm1(x))), scale_factor=2.0, mode="nearest")  # conv at H
+        h = self._up(self.conv1(self.act(self.norm1(x))))  # conv at H
         h = self.conv2(self.act(self.norm2(h)))  # conv at 2H
-        return h + F.interpolate(self.skip(x), scale_factor=2.0, mode="nearest")
+        return h + self._up(self.skip(x))
+
+    def _up(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upsample == "bilinear":
+            return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
 def channel_plan(cfg: ModelConfig, image_size: int) -> list[int]:
@@ -169,7 +196,7 @@ class Decoder(nn.Module):
         blocks: list[nn.Module] = []
         res = 4
         for c_in, c_out in zip(chans[:-1], chans[1:]):
-            blocks.append(ResBlock(c_in, c_out, "up", norm=True, act=nn.SiLU()))
+            blocks.append(ResBlock(c_in, c_out, "up", norm=True, act=nn.SiLU(), upsample=cfg.upsample))
             res *= 2
             if res in cfg.cbam_res:
                 blocks.append(CBAM(c_out, cfg.cbam_reduction))
@@ -212,6 +239,8 @@ class Critic(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.feature_index = max(0, len(blocks) // 2 - 1)
         self.act = act
+        self.mbstd = MinibatchStd(cfg.critic_mbstd_group) if cfg.critic_mbstd_group > 1 else None
+        self.final = wrap(nn.Conv2d(chans[-1] + (1 if self.mbstd else 0), chans[-1], 3, padding=1))
         self.linear = wrap(nn.Linear(chans[-1], 1))
         self.embed = wrap(nn.Embedding(n_classes, chans[-1])) if n_classes else None
 
@@ -222,7 +251,9 @@ class Critic(nn.Module):
             h = block(h)
             if index == self.feature_index:
                 mid = h
-        pooled = self.act(h).sum(dim=(2, 3))  # (B, C)
+        if self.mbstd is not None:
+            h = self.mbstd(h)
+        pooled = self.act(self.final(self.act(h))).sum(dim=(2, 3))  # (B, C)
         score = self.linear(pooled).squeeze(1)
         if self.embed is not None:
             score = score + (self.embed(labels) * pooled).sum(dim=1)

@@ -23,7 +23,6 @@ from brainsynth.config import Config, ConfigError, load
 from brainsynth.data.folder import DataError
 from brainsynth.engine import DivergenceError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, DivergenceError)
 LOG_DIR = Path("logs")
 METRICS_DIR = Path("metrics")
 
@@ -34,7 +33,8 @@ class StageError(RuntimeError):
     """A stage-level problem a user can act on (missing upstream output, …)."""
 
 
-USER_ERRORS = (*USER_ERRORS, StageError)
+# Failures a user can act on: one line, no traceback.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, DivergenceError, StageError)
 
 
 def setup_logging(stage: str) -> Path:
@@ -123,7 +123,7 @@ def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], params
 
 
 def _close_active_runs(status: str, message: str, log_path: Path) -> None:
-    while (run := mlflow.active_run()) is not None:
+    while mlflow.active_run() is not None:
         try:
             mlflow.set_tag("error", message[:4000])
             mlflow.log_artifact(str(log_path))

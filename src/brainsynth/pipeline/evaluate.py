@@ -17,7 +17,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch
 
 from brainsynth import metrics as M
 from brainsynth.config import Config

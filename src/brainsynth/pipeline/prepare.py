@@ -12,7 +12,7 @@ import numpy as np
 from brainsynth.config import Config
 from brainsynth.data import prepared
 from brainsynth.data.embedded import build_cohort
-from brainsynth.data.folder import read_image_folder
+from brainsynth.data.folder import DataError, read_image_folder
 from brainsynth.data.splits import SPLITS, split_by_subject
 from brainsynth.pipeline.common import atomic_dir, stage_run, write_metrics
 from brainsynth.viz import class_rows, labelled_grid
@@ -46,8 +46,6 @@ def run(cfg: Config, log: logging.Logger) -> None:
         splits = split_by_subject(cohort.subjects, cohort.labels, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
         counts = count_table(cohort.labels, cohort.subjects, splits, cohort.class_names)
         if counts["train/n_images"] == 0 or counts["test/n_images"] == 0:
-            from brainsynth.data.folder import DataError
-
             raise DataError(f"data.source {source!r}: too few subjects ({counts['n_subjects']}) for a train and a test split")
         meta = {
             "source": source,

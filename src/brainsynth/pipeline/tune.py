@@ -19,7 +19,7 @@ import optuna
 from brainsynth.config import Config, SearchDimension
 from brainsynth.data import prepared
 from brainsynth.engine import DivergenceError, Trainer
-from brainsynth.pipeline.common import atomic_dir, read_json, stage_run, write_json_atomic, write_metrics
+from brainsynth.pipeline.common import atomic_dir, stage_run, write_json_atomic, write_metrics
 from brainsynth.validation import validation_metrics
 from brainsynth.viz import labelled_grid
 
@@ -86,6 +86,15 @@ def run(cfg: Config, log: logging.Logger) -> None:
         log.info("tune finished in %.1fs: %s; best %s = %s", seconds, summary, result["params"], result["value"])
 
 
+def search_space(cfg: Config, log: logging.Logger) -> dict[str, SearchDimension]:
+    """The dimensions to search. ``loss.adv_weight: 0`` asks for a plain VAE, so the adversarial
+    weight is not searched then (a tuned value would silently turn the GAN back on)."""
+    space = dict(cfg.tune.search_space)
+    if cfg.loss.adv_weight == 0 and space.pop("loss.adv_weight", None) is not None:
+        log.info("loss.adv_weight = 0 (plain VAE): not searching loss.adv_weight")
+    return space
+
+
 def run_study(cfg: Config, data: prepared.PreparedData, log: logging.Logger) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     train_images, train_labels = data.split("train")
@@ -97,10 +106,11 @@ def run_study(cfg: Config, data: prepared.PreparedData, log: logging.Logger) -> 
         val_images, val_labels = train_images, train_labels
         log.warning("no validation split (data.val_fraction = 0): tuning scores on training images")
 
+    space = search_space(cfg, log)
     study = optuna.create_study(direction="minimize", sampler=make_sampler(cfg), pruner=make_pruner(cfg))
 
     def objective(trial: optuna.Trial) -> float:
-        overrides = {name: suggest(trial, name, dim) for name, dim in cfg.tune.search_space.items()}
+        overrides = {name: suggest(trial, name, dim) for name, dim in space.items()}
         trial_cfg = cfg.with_overrides({**overrides, "train.epochs": cfg.tune.epochs})
         with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True, tags={"stage": "tune-trial", "optuna_trial": str(trial.number)}):
             mlflow.log_params(overrides)

@@ -1,0 +1,175 @@
+"""Engine benchmark: this training engine vs a seed-style loop, same model and batch size.
+
+(a) engine: uint8 data resident on the device, batches gathered by index, bf16 autocast +
+    channels_last + fused Adam on CUDA, losses read back every ``train.log_every`` steps.
+(b) seed-style: eager fp32, a torch Dataset that decodes a PNG file with PIL per item every
+    epoch (DataLoader, no workers), ``.item()`` on every loss every step.
+
+Prints images/second for both and their ratio (line containing 'ratio'), model FLOPs per
+training image (forward + backward + gradient penalty, counted by torch's FlopCounterMode) and,
+on a GPU, MFU against the device's dense bf16 peak. Not a test: numbers go to benchmarks/README.md.
+
+    python benchmarks/bench_engine.py --size 64 --batch 32            # CPU default
+    python benchmarks/bench_engine.py --size 128 --batch 64 --steps 200   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from brainsynth.config import Config, EmbeddedDataConfig
+from brainsynth.data.embedded import build_cohort
+from brainsynth.engine import LOSS_NAMES, Trainer
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets.
+BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "L40S": 362e12}
+
+
+class PngSlices(Dataset):
+    """The seed's data path: one PNG decoded by PIL per item, every epoch."""
+
+    def __init__(self, files: list[Path], labels: np.ndarray):
+        self.files, self.labels = files, labels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        with Image.open(self.files[index]) as image:
+            array = np.asarray(image.convert("L"), dtype=np.float32) / 127.5 - 1.0
+        return torch.from_numpy(array).unsqueeze(0), int(self.labels[index])
+
+
+def bench_engine(cfg: Config, images, labels, device, steps: int, warmup: int) -> float:
+    trainer = Trainer(cfg, images, labels, 3, device)
+    trainer.epoch = cfg.loss.adv_start_epoch  # measure the adversarial (full) step
+    acc = torch.zeros(len(LOSS_NAMES), device=device)
+    order = torch.randperm(len(images)).to(device)
+
+    def run(n: int) -> None:
+        for i in range(n):
+            start = (i * trainer.batch_size) % (len(images) - trainer.batch_size + 1)
+            x, y = trainer._batch(order[start : start + trainer.batch_size])
+            trainer._train_step(x, y, 1.0, True, acc)
+            trainer.step += 1
+            if trainer.step % cfg.train.log_every == 0:
+                acc.tolist()
+
+    run(warmup)
+    _sync(device)
+    t0 = time.perf_counter()
+    run(steps)
+    acc.tolist()
+    _sync(device)
+    return steps * trainer.batch_size / (time.perf_counter() - t0)
+
+
+def bench_seed_style(cfg: Config, files, labels, device, steps: int, warmup: int) -> float:
+    eager = cfg.with_overrides({"train.bf16": False, "train.compile": False, "train.hflip": False})
+    size = np.asarray(Image.open(files[0])).shape[-1]
+    placeholder = np.zeros((cfg.train.batch_size, size, size), np.uint8)  # builds the model; batches come from the loader
+    trainer = Trainer(eager, placeholder, np.zeros(cfg.train.batch_size, np.int64), 3, device)
+    trainer.memory_format = torch.contiguous_format
+    trainer.model.to(memory_format=torch.contiguous_format)
+    trainer.epoch = cfg.loss.adv_start_epoch
+    loader = DataLoader(PngSlices(files, labels), batch_size=cfg.train.batch_size, shuffle=True, drop_last=True, num_workers=0)
+
+    def run(n: int) -> None:
+        done = 0
+        while done < n:
+            for x, y in loader:
+                acc = torch.zeros(len(LOSS_NAMES), device=device)
+                trainer._train_step(x.to(device), y.to(device), 1.0, True, acc)
+                _ = [value.item() for value in acc]  # the seed logged every loss every step
+                trainer.step += 1
+                done += 1
+                if done >= n:
+                    return
+
+    run(warmup)
+    _sync(device)
+    t0 = time.perf_counter()
+    run(steps)
+    _sync(device)
+    return steps * cfg.train.batch_size / (time.perf_counter() - t0)
+
+
+def flops_per_image(cfg: Config, images, labels, device) -> float:
+    """FLOPs of one full adversarial training step (critic + generator, incl. GP), per image."""
+    counting = cfg.with_overrides({"loss.gp_every": 1})
+    trainer = Trainer(counting, images[: cfg.train.batch_size * 2], labels[: cfg.train.batch_size * 2], 3, device)
+    trainer.epoch = cfg.loss.adv_start_epoch
+    x, y = trainer._batch(torch.arange(trainer.batch_size, device=device))
+    acc = torch.zeros(len(LOSS_NAMES), device=device)
+    with FlopCounterMode(display=False) as counter:
+        trainer._train_step(x, y, 1.0, True, acc)
+    total = counter.get_total_flops()
+    gp_every = cfg.loss.gp_every
+    if gp_every > 1:  # the lazy penalty runs on 1 step in k: measure it once and amortise
+        no_gp = cfg.with_overrides({"loss.gp_weight": 0.0})
+        trainer2 = Trainer(no_gp, images[: cfg.train.batch_size * 2], labels[: cfg.train.batch_size * 2], 3, device)
+        trainer2.epoch = cfg.loss.adv_start_epoch
+        with FlopCounterMode(display=False) as counter2:
+            trainer2._train_step(x, y, 1.0, True, acc)
+        total = counter2.get_total_flops() + (total - counter2.get_total_flops()) / gp_every
+    return total / trainer.batch_size
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--images", type=int, default=640)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile encoder/decoder (CUDA)")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
+    cfg = Config().with_overrides({"data.image_size": args.size, "train.batch_size": args.batch, "train.compile": args.compile})
+    n_subjects = max(3, args.images // 20 + 1)
+    cohort = build_cohort(EmbeddedDataConfig(n_subjects=n_subjects), args.size, seed=0)
+    images, labels = cohort.images[: args.images], cohort.labels[: args.images]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {name}; image {args.size}x{args.size}, batch {args.batch}, {args.steps} timed steps after {args.warmup} warm-up")
+
+    flops = flops_per_image(cfg, images, labels, device)
+    print(f"model FLOPs per training image (critic + generator step, GP amortised over gp_every={cfg.loss.gp_every}): {flops / 1e9:.3f} GFLOP")
+
+    with tempfile.TemporaryDirectory() as folder:
+        files = []
+        for index, image in enumerate(images):
+            path = Path(folder) / f"slice_{index:05d}.png"
+            Image.fromarray(image).save(path)
+            files.append(path)
+        seed_rate = bench_seed_style(cfg, files, labels, device, args.steps, args.warmup)
+    engine_rate = bench_engine(cfg, images, labels, device, args.steps, args.warmup)
+    print(f"seed-style loop: {seed_rate:.1f} images/s")
+    print(f"engine:          {engine_rate:.1f} images/s")
+    print(f"ratio engine/seed-style: {engine_rate / seed_rate:.2f}x")
+    if device.type == "cuda":
+        peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
+        if peak:
+            print(f"MFU engine: {100 * flops * engine_rate / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s bf16 peak "
+                  f"(seed-style: {100 * flops * seed_rate / peak:.1f}%)")
+        else:
+            print(f"MFU: unknown bf16 peak for {name}; achieved {flops * engine_rate / 1e12:.2f} TFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
