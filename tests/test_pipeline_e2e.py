@@ -15,7 +15,7 @@ BIN = Path(sys.executable).parent
 
 TINY = {
     "mlflow": {"experiment": "e2e"},
-    "data": {"image_size": 32, "embedded": {"n_subjects": 9, "slices_per_subject": 4}},
+    "data": {"image_size": 32, "embedded": {"n_subjects": 12, "slices_per_subject": 4}},
     "model": {"latent_dim": 8, "base_channels": 8, "max_channels": 16, "cbam_res": [8], "self_attention_res": [8]},
     "train": {"epochs": 2, "batch_size": 4, "sample_every": 1, "log_every": 2},
     "loss": {"adv_start_epoch": 0, "kl_warmup_epochs": 1},
@@ -122,7 +122,7 @@ def test_metrics_files_and_keys(pipeline):
     for key in ("recon_psnr", "recon_ssim", "ms_ssim_samples", "ms_ssim_real", "swd"):
         assert isinstance(evaluation[key], float), key
     prepare = json.loads((work / "metrics" / "prepare.json").read_text())
-    assert prepare["n_images"] == 36 and prepare["test/n_subjects"] >= 3
+    assert prepare["n_images"] == 48 and prepare["test/n_subjects"] == 3  # one per class
     assert (work / "models" / "train" / "model.pt").is_file()
 
 

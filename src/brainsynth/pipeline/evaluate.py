@@ -33,11 +33,11 @@ OUT_DIR = Path("reports/evaluate")
 
 def run(cfg: Config, log: logging.Logger) -> None:
     train_meta = read_json(TRAIN_DIR / "meta.json", "train")
-    data = prepared.load("data/prepared")
-    model = SynthModel.load(TRAIN_DIR / MODEL_FILE, resolve_device(cfg.train.device))
     upstream = {"upstream_run_id": train_meta.get("mlflow_run_id", ""), "upstream_stage": "train"}
     started = time.perf_counter()
     with stage_run("evaluate", cfg, upstream):
+        data = prepared.load("data/prepared")
+        model = SynthModel.load(TRAIN_DIR / MODEL_FILE, resolve_device(cfg.train.device))
         ev = cfg.evaluate
         rng = np.random.default_rng(cfg.seed)
         test_images, test_labels = data.split("test")

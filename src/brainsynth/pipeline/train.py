@@ -112,6 +112,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
         metrics = {**{f"final_{k}": v for k, v in history.items()}, **scores, "epochs": trainer.epoch,
                    "train_seconds_this_run": round(time.perf_counter() - started, 2)}
         write_metrics("train", metrics)
+        mlflow.log_metrics({k: v for k, v in metrics.items() if not k.startswith(("final_", "val_"))})
         mlflow.log_artifact(str(OUT_DIR / "samples.png"), artifact_path="figures")
         mlflow.log_artifact(str(OUT_DIR / MODEL_FILE), artifact_path="model")
         RESUME_PATH.unlink(missing_ok=True)
