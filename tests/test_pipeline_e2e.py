@@ -108,7 +108,7 @@ def test_four_finished_stage_runs_with_lineage(pipeline):
         names = [Path(a.path).name for a in client.list_artifacts(stages[stage].info.run_id, folder)]
         assert name in names, f"{stage} artifacts: {names}"
     model_files = [Path(a.path).name for a in client.list_artifacts(stages["train"].info.run_id, "model")]
-    assert "model.pt" in model_files
+    assert {"model.pt", "best.pt"} <= set(model_files)
     # artifacts live under the repo's mlruns/, next to mlflow.db, where a bare `mlflow ui` finds them
     assert list((work / "mlruns").rglob("samples_per_class.png"))
     assert stages["train"].data.metrics["epochs"] == 2
@@ -169,3 +169,38 @@ def test_invalid_params_fail_fast_with_the_key(pipeline):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "train.epochs" in result.stderr and "'two'" in result.stderr
+
+
+def test_killed_training_resumes_in_the_same_mlflow_run(pipeline, monkeypatch):
+    work, _ = pipeline
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(work))
+    from brainsynth.engine import Trainer
+    from brainsynth.pipeline import train
+    from brainsynth.pipeline.common import run_stage
+
+    original = Trainer.train_epoch
+    finished = []
+
+    def killed_in_second_epoch(self, *args, **kwargs):
+        if finished:
+            raise KeyboardInterrupt
+        finished.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed_in_second_epoch)
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage("train", train.run)
+    assert exit_info.value.code == 130
+    assert (work / "checkpoints" / "train" / "last.pt").is_file()
+
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    run_stage("train", train.run)
+    assert not (work / "checkpoints" / "train" / "last.pt").exists()
+
+    client, runs = _runs(work)
+    resumed = [r for r in runs if r.data.tags.get("stage") == "train" and r.data.tags.get("resumed") == "true"]
+    assert len(resumed) == 1 and resumed[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(resumed[0].info.run_id, "train_rec")]
+    assert sorted(steps) == [1, 2]  # epoch 1 from the killed process, epoch 2 after resuming

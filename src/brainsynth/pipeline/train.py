@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -31,7 +32,9 @@ from brainsynth.viz import labelled_grid
 
 OUT_DIR = Path("models/train")
 RESUME_PATH = Path("checkpoints/train/last.pt")
+BEST_PATH = Path("checkpoints/train/best.pt")
 MODEL_FILE = "model.pt"
+BEST_MODEL_FILE = "best.pt"
 _NOT_FINGERPRINTED = ("train.epochs", "train.log_every", "train.sample_every", "mlflow.", "evaluate.", "tune.")
 
 
@@ -68,6 +71,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
 
     print_fp = fingerprint(cfg, data)
     resume_run_id = None
+    best_value = float("inf")
     if RESUME_PATH.is_file():
         try:
             state = load_safe(RESUME_PATH)
@@ -77,10 +81,13 @@ def run(cfg: Config, log: logging.Logger) -> None:
         if state is not None and state.get("fingerprint") == print_fp and int(state["epoch"]) < cfg.train.epochs:
             trainer.restore(RESUME_PATH)
             resume_run_id = state.get("mlflow_run_id") or None
+            best_value = float(state.get("best_value", float("inf")))
             log.info("resuming from %s at epoch %d (mlflow run %s)", RESUME_PATH, trainer.epoch, resume_run_id)
         elif state is not None:
             log.info("resume checkpoint %s belongs to another config or data: starting fresh", RESUME_PATH)
 
+    if resume_run_id is None:
+        BEST_PATH.unlink(missing_ok=True)  # a best model of an earlier, different run
     upstream = {"upstream_run_id": tuned.get("mlflow_run_id", ""), "upstream_stage": "tune"}
     tuned_params = {f"tuned.{k}": v for k, v in tuned.get("params", {}).items()}
     with stage_run("train", cfg, upstream, resume_run_id=resume_run_id, extra_params=tuned_params) as run_info:
@@ -97,23 +104,34 @@ def run(cfg: Config, log: logging.Logger) -> None:
                 epoch_metrics.update(scores)
                 path = sample_grid(trainer, data.class_names, 8, cfg.seed, staging_figures / f"epoch_{stats.epoch:04d}.png", f"fixed-noise samples, epoch {stats.epoch}")
                 mlflow.log_artifact(str(path), artifact_path="samples")
+                if scores["val_objective"] < best_value:
+                    best_value = scores["val_objective"]
+                    save_model(BEST_PATH, cfg, trainer.model.ema_encoder, trainer.model.ema_decoder, trainer.image_size,
+                               trainer.model.n_classes, data.class_names, run_id)
+                    log.info("new best val_objective %.3f at epoch %d", best_value, stats.epoch)
             mlflow.log_metrics(epoch_metrics, step=stats.epoch)
             log.info("epoch %d/%d %.1fs (%.0f img/s): %s", stats.epoch, cfg.train.epochs, stats.seconds, stats.images_per_second,
                      ", ".join(f"{k}={v:.4f}" for k, v in stats.losses.items()))
-            trainer.save(RESUME_PATH, {"fingerprint": print_fp, "mlflow_run_id": run_id})
+            trainer.save(RESUME_PATH, {"fingerprint": print_fp, "mlflow_run_id": run_id, "best_value": best_value})
 
         with atomic_dir(OUT_DIR) as staging:
             save_model(staging / MODEL_FILE, cfg, trainer.model.ema_encoder, trainer.model.ema_decoder, trainer.image_size,
                        trainer.model.n_classes, data.class_names, run_id)
             sample_grid(trainer, data.class_names, 10, cfg.seed, staging / "samples.png", f"final samples (EMA decoder), {cfg.train.epochs} epochs")
+            if BEST_PATH.is_file():
+                shutil.copy2(BEST_PATH, staging / BEST_MODEL_FILE)
             write_json_atomic(staging / "meta.json", {"mlflow_run_id": run_id, "epochs": cfg.train.epochs, "device": str(trainer.device),
                                                      "tuned_params": tuned.get("params", {}), "fingerprint": print_fp})
         history = trainer.history[-1] if trainer.history else {}
         metrics = {**{f"final_{k}": v for k, v in history.items()}, **scores, "epochs": trainer.epoch,
+                   "best_val_objective": best_value if best_value != float("inf") else None,
                    "train_seconds_this_run": round(time.perf_counter() - started, 2)}
         write_metrics("train", metrics)
-        mlflow.log_metrics({k: v for k, v in metrics.items() if not k.startswith(("final_", "val_"))})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None and not k.startswith(("final_", "val_"))})
         mlflow.log_artifact(str(OUT_DIR / "samples.png"), artifact_path="figures")
         mlflow.log_artifact(str(OUT_DIR / MODEL_FILE), artifact_path="model")
+        if (OUT_DIR / BEST_MODEL_FILE).is_file():
+            mlflow.log_artifact(str(OUT_DIR / BEST_MODEL_FILE), artifact_path="model")
         RESUME_PATH.unlink(missing_ok=True)
+        BEST_PATH.unlink(missing_ok=True)
         log.info("model written to %s", OUT_DIR / MODEL_FILE)
