@@ -126,6 +126,7 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True
     compile: bool = False
+    channels_last: bool = False
     hflip: bool = True
     sample_every: int = Field(5, ge=1)
     log_every: int = Field(50, ge=1)

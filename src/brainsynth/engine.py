@@ -1,7 +1,7 @@
 """The training engine: one VAE-GAN, its optimisers, EMA copy, checkpoints and the training step.
 
 Read it top to bottom: ``Trainer.train_epoch`` is the whole loop. The same code runs on CPU (tests)
-and CUDA (bf16 autocast, channels_last, fused Adam, optional torch.compile of encoder/decoder).
+and CUDA (bf16 autocast, fused Adam, optional channels_last, optional torch.compile of encoder/decoder).
 
 Design choices that matter for speed: the prepared uint8 images live on the training device once
 and batches are gathered by index there (no per-item decoding, no DataLoader); losses are
@@ -82,7 +82,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.image_size = int(images.shape[-1])
         self.model = VAEGAN(cfg, self.image_size, n_classes).to(self.device)
-        self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
+        self.memory_format = torch.channels_last if self.cuda and cfg.train.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.images = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(self.device)
         self.labels = torch.from_numpy(labels.astype(np.int64)).to(self.device)
@@ -96,10 +96,13 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.model.critic.parameters(), lr=opt.lr_critic, betas=(opt.critic_beta1, opt.beta2), **fused)
         self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cuda and cfg.train.bf16)
 
-        # Compiled views share parameters with the eager modules; the critic stays eager because
-        # the gradient penalty needs double backward, which AOTAutograd does not support.
+        # Compiled views share parameters with the eager modules. The critic stays eager: the
+        # gradient penalty needs double backward, which AOTAutograd does not support, and
+        # compiling its other call sites (several shapes, requires_grad toggled) took over
+        # 170 s on an H100 host without finishing (benchmarks/README.md).
         self.encode = self.model.encoder
         self.decode = self.model.decoder
+        self.score = self.model.critic
         if cfg.train.compile and self.cuda:
             self.encode = torch.compile(self.model.encoder)
             self.decode = torch.compile(self.model.decoder)
@@ -149,11 +152,10 @@ class Trainer:
     def _critic_step(self, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, fake_labels: torch.Tensor, acc: torch.Tensor) -> None:
         """One critic update against detached fakes (reconstructions followed by prior samples)."""
         cfg = self.cfg.loss
-        critic = self.model.critic
         yc = self._labels_or_none(y)
         x, fake = self._noisy(x), self._noisy(fake)
         with torch.autocast(**self.autocast):
-            d_real = critic(x, yc).float()
+            d_real = self.score(x, yc).float()
             d_fake = self._score_fakes(fake, fake_labels, x.shape[0])
         if cfg.gan == "wgan-gp":
             loss = losses.critic_wasserstein(d_real, d_fake, cfg.drift_weight)
@@ -166,7 +168,7 @@ class Trainer:
             # the critic's input gradient around each real sample.
             b = x.shape[0]
             pool = torch.cat([fake[b:], fake[: b]])[:b]
-            gp = losses.gradient_penalty(critic, x, pool, yc)
+            gp = losses.gradient_penalty(self.model.critic, x, pool, yc)
             loss = loss + cfg.gp_weight * cfg.gp_every * gp  # lazy regularisation keeps its average strength
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,10 +181,9 @@ class Trainer:
         """Critic scores of reconstructions and prior samples, scored in separate calls so that the
         minibatch-stddev feature sees each set alone (mixed groups would let diverse
         reconstructions hide collapsed prior samples). (B [+ B/2], 1, S, S) → (B [+ B/2],)"""
-        critic = self.model.critic
-        parts = [critic(fake[:n_recon], self._labels_or_none(labels[:n_recon])).float()]
+        parts = [self.score(fake[:n_recon], self._labels_or_none(labels[:n_recon])).float()]
         if fake.shape[0] > n_recon:
-            parts.append(critic(fake[n_recon:], self._labels_or_none(labels[n_recon:])).float())
+            parts.append(self.score(fake[n_recon:], self._labels_or_none(labels[n_recon:])).float())
         return torch.cat(parts)
 
     def _noisy(self, images: torch.Tensor) -> torch.Tensor:
@@ -216,13 +217,13 @@ class Trainer:
             with torch.autocast(**self.autocast):
                 if cfg.feature_weight > 0:
                     b = x.shape[0]
-                    scores, feats = model.critic(self._noisy(decoded[:b]), self._labels_or_none(decoded_labels[:b]), features=True)
+                    scores, feats = self.score(self._noisy(decoded[:b]), self._labels_or_none(decoded_labels[:b]), features=True)
                     with torch.no_grad():
-                        _, real_feats = model.critic(self._noisy(x), self._labels_or_none(y), features=True)
+                        _, real_feats = self.score(self._noisy(x), self._labels_or_none(y), features=True)
                     feature_rec = (feats[: x.shape[0]].float() - real_feats.float()).abs().mean()
                     loss = loss + cfg.feature_weight * feature_rec
                     if decoded.shape[0] > b:
-                        prior_scores = model.critic(self._noisy(decoded[b:]), self._labels_or_none(decoded_labels[b:]))
+                        prior_scores = self.score(self._noisy(decoded[b:]), self._labels_or_none(decoded_labels[b:]))
                         scores = torch.cat([scores.float(), prior_scores.float()])
                 else:
                     scores = self._score_fakes(self._noisy(decoded), decoded_labels, x.shape[0])
@@ -329,6 +330,8 @@ class Trainer:
         save_atomic({**self.state_dict(), **(extra or {})}, path)
 
     def restore(self, path) -> dict:
-        state = load_safe(path, map_location=self.device)
+        # Loaded to CPU: RNG states must stay CPU tensors, and load_state_dict moves weights and
+        # optimiser state to the parameters' device anyway.
+        state = load_safe(path, map_location="cpu")
         self.load_state_dict(state)
         return state

@@ -20,6 +20,11 @@ def _groups(channels: int) -> int:
     return math.gcd(channels, 8)
 
 
+def downsample2x(x: torch.Tensor) -> torch.Tensor:
+    """2×2 average pooling. (B, C, H, W) → (B, C, H/2, W/2)"""
+    return F.avg_pool2d(x, 2)
+
+
 class ChannelAttention(nn.Module):
     """CBAM channel attention: avg- and max-pooled descriptors → shared MLP → sigmoid gate.
 
@@ -133,9 +138,9 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.resample == "down":
-            h = F.avg_pool2d(self.conv1(self.act(self.norm1(x))), 2)  # conv at H, then pool
+            h = downsample2x(self.conv1(self.act(self.norm1(x))))  # conv at H, then pool
             h = self.conv2(self.act(self.norm2(h)))  # conv at H/2
-            return h + self.skip(F.avg_pool2d(x, 2))
+            return h + self.skip(downsample2x(x))
         h = self._up(self.conv1(self.act(self.norm1(x))))  # conv at H
         h = self.conv2(self.act(self.norm2(h)))  # conv at 2H
         return h + self._up(self.skip(x))
