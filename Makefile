@@ -1,7 +1,7 @@
 # make run   – set up .venv and run the whole DVC pipeline on the embedded cohort
 # make test  – set up .venv and run the tests
 # make ui    – serve the MLflow UI on http://127.0.0.1:5000
-# make bench – run the benchmarks
+# make bench – run the benchmarks (training engine, ingestion)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -36,6 +36,7 @@ ui: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_ingest.py
 
 clean:
 	rm -rf data models reports checkpoints logs metrics

@@ -1,7 +1,10 @@
 """DVC stage 'train' (see dvc.yaml). All logic lives in brainsynth.pipeline.train."""
 
-from brainsynth.pipeline.common import run_stage
-from brainsynth.pipeline.train import run
+from brainsynth.config import check_or_exit
 
 if __name__ == "__main__":
+    check_or_exit()  # before the heavy imports below: a bad params.yaml fails in well under a second
+    from brainsynth.pipeline.common import run_stage
+    from brainsynth.pipeline.train import run
+
     run_stage("train", run)

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brainsynth.config import EmbeddedDataConfig
+from brainsynth.config import DataConfig, EmbeddedDataConfig
 from brainsynth.data.embedded import CLASS_NAMES, build_cohort
-from brainsynth.data.folder import DataError, read_image_folder, to_square_uint8
+from brainsynth.data.folder import to_square_uint8
+from brainsynth.data.ingest import ingest
 from brainsynth.data.splits import split_by_subject
 
 
@@ -47,7 +48,7 @@ def test_image_folder_with_class_subfolders(tmp_path):
         for subject in (1, 2):
             for index in (100, 101):
                 Image.fromarray(np.full((40, 30), 120, np.uint8)).save(tmp_path / cls / f"OAS1_000{subject}_MR1_mpr-1_{index}.jpg")
-    cohort = read_image_folder(tmp_path, 16, r"(OAS\d_\d+_MR\d+)")
+    cohort = ingest(DataConfig(source=str(tmp_path), image_size=16, workers=1)).cohort
     assert cohort.images.shape == (8, 16, 16)
     assert cohort.class_names == ["Mild Dementia", "Non Demented"]
     assert set(cohort.subjects) == {"OAS1_0001_MR1", "OAS1_0002_MR1"}
@@ -61,11 +62,3 @@ def test_sixteen_bit_and_rgb_are_converted():
     assert out.dtype == np.uint8 and out.max() > 240 and out.min() < 15
     rgb = Image.fromarray(np.full((20, 20, 3), 90, np.uint8))
     assert to_square_uint8(rgb, 8).mean() == pytest.approx(90, abs=1)
-
-
-def test_folder_errors_name_the_culprit(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        read_image_folder(tmp_path / "missing", 16, "(x)")
-    (tmp_path / "empty_class").mkdir()
-    with pytest.raises(DataError, match="empty_class.*contains no images"):
-        read_image_folder(tmp_path, 16, "(x)")

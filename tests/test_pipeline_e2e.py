@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -204,3 +205,31 @@ def test_killed_training_resumes_in_the_same_mlflow_run(pipeline, monkeypatch):
     assert len(resumed) == 1 and resumed[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(resumed[0].info.run_id, "train_rec")]
     assert sorted(steps) == [1, 2]  # epoch 1 from the killed process, epoch 2 after resuming
+
+
+def test_changed_raw_folder_reruns_prepare(tmp_path):
+    """data.source is a DVC dependency: adding files to the user's folder makes prepare stale."""
+    from PIL import Image
+
+    work = tmp_path / "repo"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, work / name)
+    raw = tmp_path / "Data"
+    for cls in ("CN", "AD"):
+        for s in range(3):
+            (raw / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((20, 20), 50 + s, np.uint8)).save(raw / cls / f"OAS1_{int(cls == 'AD')}{s:03d}_MR1_1.png")
+    params = _merge(yaml.safe_load((work / "params.yaml").read_text()),
+                    {"mlflow": {"experiment": "raw"}, "data": {"source": str(raw), "image_size": 16, "workers": 1}})
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], work)
+    _run(["dvc", "repro", "prepare"], work)
+    assert "prepare" not in json.loads(_run(["dvc", "status", "--json", "prepare"], work).stdout)
+    Image.fromarray(np.full((20, 20), 99, np.uint8)).save(raw / "AD" / "OAS1_1009_MR1_1.png")
+    assert "prepare" in json.loads(_run(["dvc", "status", "--json", "prepare"], work).stdout)
+    _run(["dvc", "repro", "prepare"], work)
+    assert json.loads((work / "metrics" / "prepare.json").read_text())["n_images"] == 7

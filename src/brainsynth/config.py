@@ -44,12 +44,32 @@ class EmbeddedDataConfig(_Section):
         return value
 
 
+class VolumeConfig(_Section):
+    """How NIfTI volumes and DICOM series become 2D slices."""
+
+    slice_axis: Literal[0, 1, 2] = 2
+    min_area_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+    slices_per_volume: int = Field(0, ge=0)
+
+    @field_validator("intensity_percentiles")
+    @classmethod
+    def _ordered_percentiles(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= value[0] < value[1] <= 100.0:
+            raise ValueError("must be [low, high] percentiles with 0 <= low < high <= 100")
+        return value
+
+
 class DataConfig(_Section):
     source: str = "embedded"
+    format: Literal["auto", "images", "nifti", "dicom"] = "auto"
     image_size: int = 64
     val_fraction: float = Field(0.15, ge=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     subject_pattern: str = r"(OAS\d_\d+_MR\d+)"
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    workers: int = Field(0, ge=0, le=256)
+    volume: VolumeConfig = VolumeConfig()
     embedded: EmbeddedDataConfig = EmbeddedDataConfig()
 
     @field_validator("image_size")
@@ -300,3 +320,15 @@ def load(path: str | Path = "params.yaml") -> Config:
     return validate(raw, source=str(path))
 
 
+
+
+def check_or_exit(path: str | Path = "params.yaml") -> Config:
+    """Validate params.yaml before a stage imports torch and MLflow (seconds), so that a typo fails
+    in a fraction of a second: one ``error:`` line naming key, value and rule, exit status 2."""
+    try:
+        return load(path)
+    except ConfigError as err:
+        import sys
+
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainsynth.data.folder import DataError
+from brainsynth.data.errors import DataError
 
 DATASET_FILE = "dataset.npz"
 META_FILE = "meta.json"

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import traceback
@@ -20,7 +21,7 @@ import mlflow
 from brainsynth import tracking
 from brainsynth.checkpoint import CheckpointError
 from brainsynth.config import Config, ConfigError, load
-from brainsynth.data.folder import DataError
+from brainsynth.data.errors import DataError
 from brainsynth.engine import DivergenceError
 
 LOG_DIR = Path("logs")
@@ -102,6 +103,9 @@ def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], params
         sys.exit(2)
     log_path = setup_logging(stage)
     stage_log = logging.getLogger(f"brainsynth.{stage}")
+    # `kill` (SIGTERM, also what schedulers send) ends a stage like Ctrl-C does: the MLflow run is
+    # marked KILLED and training keeps its last checkpoint, instead of a run left RUNNING forever.
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         tracking.setup(cfg)
         body(cfg, stage_log)
@@ -120,6 +124,12 @@ def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], params
         _close_active_runs("FAILED", message, log_path)
         print(f"error: {stage} failed: {message} (traceback in {log_path})", file=sys.stderr)
         sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _close_active_runs(status: str, message: str, log_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""prepare: build (embedded) or ingest (image folder) the cohort → data/prepared/."""
+"""prepare: build (embedded) or ingest (images, NIfTI, DICOM folder) the cohort → data/prepared/."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import numpy as np
 from brainsynth.config import Config
 from brainsynth.data import prepared
 from brainsynth.data.embedded import build_cohort
-from brainsynth.data.folder import DataError, read_image_folder
+from brainsynth.data.errors import DataError
+from brainsynth.data.ingest import check_bad_fraction, ingest
 from brainsynth.data.splits import SPLITS, split_by_subject
-from brainsynth.pipeline.common import atomic_dir, stage_run, write_metrics
+from brainsynth.pipeline.common import LOG_DIR, atomic_dir, stage_run, write_metrics
 from brainsynth.viz import class_rows, labelled_grid
 
 OUT_DIR = Path("data/prepared")
+SKIPPED_REPORT = "skipped.csv"
 
 
 def count_table(labels: np.ndarray, subjects: np.ndarray, splits: np.ndarray, class_names: list[str]) -> dict:
@@ -36,30 +38,49 @@ def run(cfg: Config, log: logging.Logger) -> None:
     started = time.perf_counter()
     with stage_run("prepare", cfg) as run_info:
         source = cfg.data.source
+        file_counts: dict = {}
+        ingested = None
         if source == "embedded":
             log.info("building the embedded synthetic cohort (%d subjects × %d slices, %d px)",
                      cfg.data.embedded.n_subjects, cfg.data.embedded.slices_per_subject, cfg.data.image_size)
             cohort = build_cohort(cfg.data.embedded, cfg.data.image_size, cfg.seed, progress=True)
         else:
-            log.info("reading image folder %s", source)
-            cohort = read_image_folder(Path(source), cfg.data.image_size, cfg.data.subject_pattern)
+            log.info("reading %s (data.format: %s)", source, cfg.data.format)
+            ingested = ingest(cfg.data)
+            cohort, file_counts = ingested.cohort, ingested.counts()
+            log.info("%s: %d files, %d slices from them, %d skipped, %d upsampled (smaller than %d px)", ingested.kind,
+                     ingested.n_files, len(cohort.images), len(ingested.skipped), ingested.upsampled, cfg.data.image_size)
+            if ingested.skipped:
+                # The report goes to the MLflow run (and logs/) before the check, so a failed run shows it too.
+                report = ingested.write_report(LOG_DIR / f"prepare_{SKIPPED_REPORT}")
+                mlflow.log_artifact(str(report))
+                log.warning("skipped %d files: %s (list in %s)", len(ingested.skipped),
+                            ", ".join(f"{k.removeprefix('skipped_')}={v}" for k, v in file_counts.items() if k.startswith("skipped_")), report)
+                check_bad_fraction(ingested, cfg.data.max_bad_fraction, source, report)
+            if ingested.upsampled:
+                log.warning("%d slices came from images smaller than data.image_size=%d and were upsampled", ingested.upsampled, cfg.data.image_size)
         splits = split_by_subject(cohort.subjects, cohort.labels, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
         counts = count_table(cohort.labels, cohort.subjects, splits, cohort.class_names)
         if counts["train/n_images"] == 0 or counts["test/n_images"] == 0:
-            raise DataError(f"data.source {source!r}: too few subjects ({counts['n_subjects']}) for a train and a test split")
+            raise DataError(f"data.source {source!r}: too few subjects ({counts['n_subjects']}) for a train and a test split "
+                            "(each class needs at least 3 subjects)")
         meta = {
             "source": source,
+            "format": ingested.kind if ingested else "embedded",
             "image_size": cfg.data.image_size,
             "class_names": cohort.class_names,
             "counts": counts,
+            "files": file_counts,
             "mlflow_run_id": run_info.info.run_id,
         }
         with atomic_dir(OUT_DIR) as staging:
             prepared.save(staging, cohort.images, cohort.labels, cohort.subjects, splits, meta)
+            if ingested:
+                ingested.write_report(staging / SKIPPED_REPORT)
             rows, names = class_rows(cohort.images, cohort.labels, cohort.class_names, 10, np.random.default_rng(cfg.seed))
             labelled_grid(rows, names, staging / "preview.png", title=f"prepared cohort ({source}): random slices per class")
         seconds = time.perf_counter() - started
-        metrics = {**counts, "seconds": round(seconds, 2)}
+        metrics = {**counts, **file_counts, "seconds": round(seconds, 2)}
         write_metrics("prepare", metrics)
         mlflow.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()})
         mlflow.log_artifact(str(OUT_DIR / "preview.png"), artifact_path="figures")
