@@ -1,7 +1,7 @@
 # make run   – set up .venv and run the whole DVC pipeline on the embedded cohort
 # make test  – set up .venv and run the tests
 # make ui    – serve the MLflow UI on http://127.0.0.1:5000
-# make bench – run the benchmarks (training engine, ingestion)
+# make bench – run the benchmarks (training engine, ingestion, tuning with/without pruning)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -37,6 +37,8 @@ ui: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_ingest.py
+	@test -f data/prepared/dataset.npz || $(BIN)/dvc repro prepare
+	$(BIN)/python benchmarks/bench_tune.py
 
 clean:
 	rm -rf data models reports checkpoints logs metrics

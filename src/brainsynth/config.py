@@ -179,9 +179,12 @@ class TuneConfig(_Section):
     epochs: int = Field(2, ge=1)
     max_train_images: int = Field(0, ge=0)
     eval_images: int = Field(256, ge=8)
+    objective: Literal["swd_recon", "swd", "recon_mae"] = "swd_recon"
     recon_weight: float = Field(1.0, ge=0.0)
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
+    n_workers: int = Field(1, ge=1, le=64)
+    storage: str = ""
     search_space: dict[str, SearchDimension] = {}
 
 

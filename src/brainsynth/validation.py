@@ -1,6 +1,7 @@
 """The validation objective shared by tuning (objective) and training (per-epoch curve).
 
-objective = swd(samples, val) + tune.recon_weight × recon_mae
+objective (``tune.objective``, lower is better):
+  swd_recon (default) = swd(samples, val) + tune.recon_weight × recon_mae;  swd;  recon_mae
 
 * ``swd``: realism of prior samples — the ProGAN sliced Wasserstein distance (×1e3) between
   EMA-decoder samples and validation images with the same class mix.
@@ -16,7 +17,11 @@ import numpy as np
 from brainsynth import metrics
 
 
-def validation_metrics(trainer, images: np.ndarray, labels: np.ndarray, n_images: int, seed: int, recon_weight: float) -> dict[str, float]:
+DIRECTION = "minimize"  # every objective below is a distance or an error
+
+
+def validation_metrics(trainer, images: np.ndarray, labels: np.ndarray, n_images: int, seed: int, recon_weight: float,
+                       objective: str = "swd_recon") -> dict[str, float]:
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(images), size=min(n_images, len(images)), replace=False))
     real, real_labels = images[pick], labels[pick]
@@ -24,4 +29,5 @@ def validation_metrics(trainer, images: np.ndarray, labels: np.ndarray, n_images
     recon = trainer.reconstruct(real, real_labels)
     swd = metrics.swd(real, samples, seed, patches_per_image=64, directions=256)["swd"]
     mae = float(np.abs(recon.astype(np.float32) - real.astype(np.float32)).mean())
-    return {"val_swd": swd, "val_recon_mae": mae, "val_objective": swd + recon_weight * mae}
+    value = {"swd_recon": swd + recon_weight * mae, "swd": swd, "recon_mae": mae}[objective]
+    return {"val_swd": swd, "val_recon_mae": mae, "val_objective": value}

@@ -100,7 +100,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
             epoch_metrics = {**{f"train_{k}": v for k, v in stats.losses.items()}, "images_per_second": stats.images_per_second, "epoch_seconds": stats.seconds}
             last = stats.epoch == cfg.train.epochs
             if len(val_images) and (stats.epoch % cfg.train.sample_every == 0 or last):
-                scores = validation_metrics(trainer, val_images, val_labels, cfg.tune.eval_images, cfg.seed, cfg.tune.recon_weight)
+                scores = validation_metrics(trainer, val_images, val_labels, cfg.tune.eval_images, cfg.seed, cfg.tune.recon_weight, cfg.tune.objective)
                 epoch_metrics.update(scores)
                 path = sample_grid(trainer, data.class_names, 8, cfg.seed, staging_figures / f"epoch_{stats.epoch:04d}.png", f"fixed-noise samples, epoch {stats.epoch}")
                 mlflow.log_artifact(str(path), artifact_path="samples")

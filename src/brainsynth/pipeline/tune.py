@@ -1,38 +1,85 @@
 """tune: an Optuna study over ``tune.search_space``; best parameters → models/tune/best_params.json.
 
-One MLflow run for the study, with a nested run per trial (params, per-epoch objective, final
-state, small sample grid). ``tune.enabled: false`` or ``tune.n_trials: 0`` writes empty best
-parameters, so ``train`` uses params.yaml as written.
+* Persistence: the study lives in ``tune.storage`` — by default the journal file
+  ``models/tune/study.journal`` (the DVC out is ``persist: true``, so DVC keeps it across re-runs), or
+  any RDB URL (``postgresql://…``, ``sqlite:///…``) shared by several machines. The study name is a
+  fingerprint of everything that decides a trial's result (params except the trial count and worker
+  settings, the prepared data, the training code): re-running after a kill continues the same study
+  up to ``tune.n_trials`` finished (complete or pruned) trials; a changed search space starts a new one.
+* Parallelism: ``tune.n_workers`` processes share the storage, each on its own GPU when there are
+  several (a worker per GPU is the sensible setting then).
+* Pruning: every trial reports its objective each epoch to ``tune.pruner``; a non-finite loss ends the
+  trial as PRUNED instead of crashing the study.
+* MLflow: one parent run per study (re-opened when the study resumes), a nested run per trial with its
+  params, per-epoch objective, final Optuna state and a sample grid; the parent logs the best
+  params/value and Optuna's history, importance, parallel-coordinate and timeline plots.
+* ``tune.enabled: false`` or ``tune.n_trials: 0`` writes empty best parameters: train uses params.yaml.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import multiprocessing
+import os
+import signal
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
-from brainsynth.config import Config, SearchDimension
+from brainsynth import engine, inference, losses, metrics, nets, tracking, validation
+from brainsynth.config import Config, SearchDimension, validate
 from brainsynth.data import prepared
 from brainsynth.engine import DivergenceError, Trainer
-from brainsynth.pipeline.common import atomic_dir, stage_run, write_json_atomic, write_metrics
+from brainsynth.pipeline.common import LOG_DIR, StageError, stage_run, write_json_atomic, write_metrics
 from brainsynth.validation import validation_metrics
 from brainsynth.viz import labelled_grid
 
 OUT_DIR = Path("models/tune")
 BEST_FILE = "best_params.json"
+JOURNAL_FILE = "study.journal"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Keys that do not change what a trial computes: changing them continues the same study.
+_NOT_IN_STUDY_KEY = ("tune.n_trials", "tune.n_workers", "tune.storage", "mlflow.", "evaluate.", "train.epochs",
+                     "train.sample_every", "train.log_every", "train.n_sample_images")
+_TRIAL_CODE = (engine, nets, losses, validation, metrics, inference)
+
+log = logging.getLogger("brainsynth.tune")
 
 
-def suggest(trial: optuna.Trial, name: str, dim: SearchDimension):
-    if dim.type == "categorical":
-        return trial.suggest_categorical(name, dim.choices)
-    if dim.type == "int":
-        return trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log)
-    return trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+# --- the study: name, storage, sampler, pruner ---------------------------------------------------
+
+
+def study_name(cfg: Config, data: prepared.PreparedData) -> str:
+    relevant = {k: v for k, v in cfg.flat().items() if not k.startswith(_NOT_IN_STUDY_KEY)}
+    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in _TRIAL_CODE)).hexdigest()
+    blob = json.dumps({"cfg": relevant, "data": data.meta.get("mlflow_run_id"), "code": code}, sort_keys=True, default=str)
+    return "tune-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def open_storage(cfg: Config) -> optuna.storages.BaseStorage:
+    """``tune.storage``: '' = journal file in models/tune/; an RDB URL; or a path to a journal file."""
+    target = cfg.tune.storage
+    try:
+        if "://" in target:
+            # Heartbeats let Optuna fail the trials of a worker that died (on any machine sharing the DB).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(target, heartbeat_interval=60, grace_period=180)
+        path = Path(target) if target else OUT_DIR / JOURNAL_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    except Exception as err:  # bad URL, missing DB driver, unreachable server, unwritable folder
+        raise StageError(f"tune.storage {target!r}: cannot open the Optuna storage ({type(err).__name__}: {str(err).splitlines()[0]})") from None
 
 
 def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
@@ -43,60 +90,82 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def make_sampler(cfg: Config) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: Config, stream: int = 0) -> optuna.samplers.BaseSampler:
+    """``stream`` separates the random draws of parallel workers and of resumed runs (the same seed
+    would propose the same first trials again)."""
+    seed = int(np.random.default_rng([cfg.seed, stream]).integers(2**31))
     if cfg.tune.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
-    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=max(2, min(10, cfg.tune.n_trials // 2)))
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, cfg.tune.n_trials // 2)))
 
 
-def run(cfg: Config, log: logging.Logger) -> None:
-    data = prepared.load("data/prepared")
-    upstream = {"upstream_run_id": data.meta.get("mlflow_run_id", ""), "upstream_stage": "prepare"}
-    started = time.perf_counter()
-    with stage_run("tune", cfg, upstream) as parent:
-        enabled = cfg.tune.enabled and cfg.tune.n_trials > 0 and bool(cfg.tune.search_space)
-        result = {"params": {}, "value": None, "trial": None, "mlflow_run_id": parent.info.run_id, "enabled": enabled}
-        summary = {"n_trials": 0, "n_complete": 0, "n_pruned": 0, "n_failed": 0}
-        if not enabled:
-            log.info("tuning disabled (tune.enabled=%s, n_trials=%d): train uses params.yaml as written", cfg.tune.enabled, cfg.tune.n_trials)
-        else:
-            study = run_study(cfg, data, log)
-            states = [t.state for t in study.trials]
-            summary = {
-                "n_trials": len(states),
-                "n_complete": states.count(optuna.trial.TrialState.COMPLETE),
-                "n_pruned": states.count(optuna.trial.TrialState.PRUNED),
-                "n_failed": states.count(optuna.trial.TrialState.FAIL),
-            }
-            if summary["n_complete"]:
-                best = study.best_trial
-                result.update(params=best.params, value=best.value, trial=best.number)
-                mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
-                mlflow.log_metric("best_value", best.value)
-                log_study_plots(study, log)
-            else:
-                log.warning("no trial completed: train uses params.yaml as written")
-        with atomic_dir(OUT_DIR) as staging:
-            write_json_atomic(staging / BEST_FILE, result)
-        seconds = time.perf_counter() - started
-        metrics = {**summary, "best_value": result["value"], "seconds": round(seconds, 2)}
-        write_metrics("tune", metrics)
-        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
-        mlflow.log_artifact(str(OUT_DIR / BEST_FILE))
-        log.info("tune finished in %.1fs: %s; best %s = %s", seconds, summary, result["params"], result["value"])
+def count_states(study: optuna.Study) -> dict[str, int]:
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return {"n_trials": len(states), "n_complete": states.count(TrialState.COMPLETE),
+            "n_pruned": states.count(TrialState.PRUNED), "n_failed": states.count(TrialState.FAIL),
+            "n_running": states.count(TrialState.RUNNING)}
 
 
-def search_space(cfg: Config, log: logging.Logger) -> dict[str, SearchDimension]:
+class StopWhenDone:
+    """Optuna callback: stop once ``n_trials`` trials finished (complete or pruned) — counted over
+    the whole study, so resumed runs and parallel workers share the budget — or as many failed."""
+
+    def __init__(self, n_trials: int):
+        self.n_trials = n_trials
+
+    def done(self, study: optuna.Study) -> bool:
+        counts = count_states(study)
+        return counts["n_complete"] + counts["n_pruned"] >= self.n_trials or counts["n_failed"] >= self.n_trials
+
+    def __call__(self, study: optuna.Study, trial) -> None:
+        if self.done(study):
+            study.stop()
+
+
+def fail_stale_trials(study: optuna.Study, cfg: Config) -> int:
+    """Trials left RUNNING by a killed stage (journal storage: this machine alone runs the study, and
+    no worker is running yet) become FAIL, and their MLflow runs KILLED. RDB storages use Optuna's
+    heartbeat instead, since other machines' trials may really be running."""
+    if "://" in cfg.tune.storage:
+        return 0
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    for trial in stale:
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            try:
+                MlflowClient().set_terminated(run_id, "KILLED")
+            except Exception:  # the run may live in another tracking store
+                pass
+    return len(stale)
+
+
+# --- one trial -----------------------------------------------------------------------------------
+
+
+def suggest(trial: optuna.Trial, name: str, dim: SearchDimension):
+    if dim.type == "categorical":
+        # Optuna's categorical values must be scalars; lists (e.g. attention resolutions) travel as JSON.
+        if all(c is None or isinstance(c, (bool, int, float, str)) for c in dim.choices):
+            return trial.suggest_categorical(name, dim.choices)
+        return json.loads(trial.suggest_categorical(name, [json.dumps(c) for c in dim.choices]))
+    if dim.type == "int":
+        return trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log)
+    return trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+
+
+def search_space(cfg: Config, quiet: bool = False) -> dict[str, SearchDimension]:
     """The dimensions to search. ``loss.adv_weight: 0`` asks for a plain VAE, so the adversarial
     weight is not searched then (a tuned value would silently turn the GAN back on)."""
     space = dict(cfg.tune.search_space)
-    if cfg.loss.adv_weight == 0 and space.pop("loss.adv_weight", None) is not None:
+    if cfg.loss.adv_weight == 0 and space.pop("loss.adv_weight", None) is not None and not quiet:
         log.info("loss.adv_weight = 0 (plain VAE): not searching loss.adv_weight")
     return space
 
 
-def run_study(cfg: Config, data: prepared.PreparedData, log: logging.Logger) -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def trial_data(cfg: Config, data: prepared.PreparedData, quiet: bool = False):
+    """(train images, labels, val images, labels) for trials: a fixed training subset of
+    ``tune.max_train_images`` and the validation split."""
     train_images, train_labels = data.split("train")
     if cfg.tune.max_train_images and len(train_images) > cfg.tune.max_train_images:
         pick = np.sort(np.random.default_rng(cfg.seed).choice(len(train_images), cfg.tune.max_train_images, replace=False))
@@ -104,60 +173,229 @@ def run_study(cfg: Config, data: prepared.PreparedData, log: logging.Logger) -> 
     val_images, val_labels = data.split("val")
     if len(val_images) == 0:
         val_images, val_labels = train_images, train_labels
-        log.warning("no validation split (data.val_fraction = 0): tuning scores on training images")
+        if not quiet:
+            log.warning("no validation split (data.val_fraction = 0): tuning scores on training images")
+    return train_images, train_labels, val_images, val_labels
 
-    space = search_space(cfg, log)
-    study = optuna.create_study(direction="minimize", sampler=make_sampler(cfg), pruner=make_pruner(cfg))
 
-    def objective(trial: optuna.Trial) -> float:
-        overrides = {name: suggest(trial, name, dim) for name, dim in space.items()}
-        trial_cfg = cfg.with_overrides({**overrides, "train.epochs": cfg.tune.epochs})
-        with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True, tags={"stage": "tune-trial", "optuna_trial": str(trial.number)}):
-            mlflow.log_params(overrides)
-            state = "COMPLETE"
-            try:
-                trainer = Trainer(trial_cfg, train_images, train_labels, len(data.class_names))
-                value = math.inf
-                for epoch in range(cfg.tune.epochs):
-                    stats = trainer.train_epoch()
-                    scores = validation_metrics(trainer, val_images, val_labels, cfg.tune.eval_images, cfg.seed, cfg.tune.recon_weight)
-                    value = scores["val_objective"]
-                    mlflow.log_metrics({**{f"train_{k}": v for k, v in stats.losses.items()}, **scores}, step=epoch + 1)
-                    log.info("trial %d epoch %d: objective %.3f (swd %.2f, mae %.2f)", trial.number, epoch + 1, value, scores["val_swd"], scores["val_recon_mae"])
-                    trial.report(value, epoch)
-                    if trial.should_prune():
-                        state = "PRUNED"
-                        raise optuna.TrialPruned()
-                samples = trainer.sample(np.repeat(np.arange(len(data.class_names)), 6), cfg.seed)
-                rows = [samples[k * 6 : (k + 1) * 6] for k in range(len(data.class_names))]
-                path = Path(f"logs/tune_trial_{trial.number:03d}.png")
-                labelled_grid(rows, data.class_names, path, title=f"trial {trial.number}: objective {value:.2f}")
-                mlflow.log_artifact(str(path), artifact_path="samples")
-                return value
-            except DivergenceError as err:
-                state = "PRUNED"
-                log.warning("trial %d diverged, pruned: %s", trial.number, err)
-                raise optuna.TrialPruned(str(err)) from None
-            except optuna.TrialPruned:
-                raise
-            except Exception:
-                state = "FAIL"
-                raise
-            finally:
-                mlflow.set_tag("optuna_state", state)
+class Objective:
+    """Trains one trial for ``tune.epochs`` epochs, reporting the validation objective each epoch."""
 
-    study.optimize(objective, n_trials=cfg.tune.n_trials, catch=(RuntimeError,))
-    return study
+    def __init__(self, cfg: Config, data: prepared.PreparedData, parent_run_id: str, device=None, quiet: bool = False):
+        self.cfg, self.class_names, self.parent_run_id, self.device = cfg, data.class_names, parent_run_id, device
+        self.space = search_space(cfg, quiet)
+        self.arrays = trial_data(cfg, data, quiet)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg = self.cfg
+        train_images, train_labels, val_images, val_labels = self.arrays
+        overrides = {name: suggest(trial, name, dim) for name, dim in self.space.items()}
+        run = mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True, parent_run_id=self.parent_run_id,
+                               tags={"stage": "tune-trial", "optuna_trial": str(trial.number), "optuna_study": trial.study.study_name})
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in overrides.items()})
+        state, status = "COMPLETE", "FINISHED"
+        try:
+            trial_cfg = cfg.with_overrides({**overrides, "train.epochs": cfg.tune.epochs})
+            trainer = Trainer(trial_cfg, train_images, train_labels, len(self.class_names), device=self.device)
+            value = math.inf
+            for epoch in range(cfg.tune.epochs):
+                stats = trainer.train_epoch()
+                scores = validation_metrics(trainer, val_images, val_labels, cfg.tune.eval_images, cfg.seed, cfg.tune.recon_weight, cfg.tune.objective)
+                value = scores["val_objective"]
+                mlflow.log_metrics({**{f"train_{k}": v for k, v in stats.losses.items()}, **scores}, step=epoch + 1)
+                log.info("trial %d epoch %d: objective %.3f (swd %.2f, mae %.2f)", trial.number, epoch + 1, value, scores["val_swd"], scores["val_recon_mae"])
+                if not math.isfinite(value):
+                    raise DivergenceError(f"non-finite validation objective {value}")
+                trial.report(value, epoch)
+                if trial.should_prune():
+                    state = "PRUNED"
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}")
+            samples = trainer.sample(np.repeat(np.arange(len(self.class_names)), 6), cfg.seed)
+            rows = [samples[k * 6 : (k + 1) * 6] for k in range(len(self.class_names))]
+            path = LOG_DIR / f"tune_trial_{trial.number:03d}.png"
+            labelled_grid(rows, self.class_names, path, title=f"trial {trial.number}: objective {value:.2f}")
+            mlflow.log_artifact(str(path), artifact_path="samples")
+            mlflow.log_metric("objective", value)
+            return value
+        except DivergenceError as err:
+            state = "PRUNED"
+            log.warning("trial %d diverged, pruned: %s", trial.number, err)
+            raise optuna.TrialPruned(str(err)) from None
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            state, status = "FAIL", "KILLED"
+            raise
+        except BaseException:
+            state, status = "FAIL", "FAILED"
+            raise
+        finally:
+            mlflow.set_tag("optuna_state", state)
+            mlflow.end_run(status=status)
+
+
+# --- workers -------------------------------------------------------------------------------------
+
+
+def worker_device(cfg: Config, index: int):
+    """Worker ``index`` trains on GPU ``index % n_gpus`` when there are several; else the default."""
+    import torch
+
+    device = engine.resolve_device(cfg.train.device)
+    if device.type == "cuda" and torch.cuda.device_count() > 1:
+        device = torch.device("cuda", index % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    return device
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def worker_main(raw_cfg: dict, name: str, parent_run_id: str, index: int, tracking_uri: str, stream: int) -> None:
+    """Entry point of a worker process (spawned): optimise the shared study until it is done."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    handler = logging.FileHandler(LOG_DIR / f"tune_worker{index}.log", mode="w")
+    for h in (handler, logging.StreamHandler(sys.stderr)):
+        h.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s worker {index}: %(message)s", "%H:%M:%S"))
+        logging.getLogger().addHandler(h)
+    logging.getLogger().setLevel(logging.INFO)
+    for noisy in ("alembic", "mlflow", "optuna", "matplotlib", "PIL", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    import torch
+
+    cfg = validate(raw_cfg, source="tune worker")
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.tune.n_workers))
+    mlflow.set_tracking_uri(tracking_uri)
+    data = prepared.load("data/prepared")
+    study = optuna.load_study(study_name=name, storage=open_storage(cfg), sampler=make_sampler(cfg, stream + index),
+                              pruner=make_pruner(cfg))
+    objective = Objective(cfg, data, parent_run_id, worker_device(cfg, index), quiet=True)
+    stopper = StopWhenDone(cfg.tune.n_trials)
+    try:
+        if not stopper.done(study):
+            study.optimize(objective, callbacks=[stopper], catch=(RuntimeError,))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_workers(cfg: Config, name: str, parent_run_id: str, stream: int) -> None:
+    """Start ``tune.n_workers`` processes on the shared study and wait for them; a Ctrl-C or kill of
+    the stage stops them (their running trials end FAIL, their MLflow runs KILLED)."""
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked CUDA or DB state
+    args = (cfg.model_dump(mode="json"), name, parent_run_id)
+    workers = [context.Process(target=worker_main, args=(*args, i, tracking.tracking_uri(), stream), name=f"tune worker {i}")
+               for i in range(cfg.tune.n_workers)]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join(60)
+        raise
+    failed = [(i, w.exitcode) for i, w in enumerate(workers) if w.exitcode != 0]
+    if failed:
+        i, code = failed[0]
+        raise StageError(f"tune: worker {i} exited with status {code} (log: {LOG_DIR / f'tune_worker{i}.log'})")
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+
+def run(cfg: Config, log: logging.Logger) -> None:
+    data = prepared.load("data/prepared")
+    upstream = {"upstream_run_id": data.meta.get("mlflow_run_id", ""), "upstream_stage": "prepare"}
+    started = time.perf_counter()
+    enabled = cfg.tune.enabled and cfg.tune.n_trials > 0 and bool(cfg.tune.search_space)
+    study, resume_run_id = None, None
+    if enabled:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        name = study_name(cfg, data)
+        storage = open_storage(cfg)
+        study = optuna.create_study(study_name=name, storage=storage, direction=validation.DIRECTION, load_if_exists=True)
+        resume_run_id = _existing_run(study.user_attrs.get("mlflow_run_id"))
+        if resume_run_id:
+            log.info("continuing study %s (%s) in MLflow run %s", name, count_states(study), resume_run_id)
+    with stage_run("tune", cfg, upstream, resume_run_id=resume_run_id) as parent:
+        result = {"params": {}, "value": None, "trial": None, "mlflow_run_id": parent.info.run_id, "enabled": enabled}
+        summary = {"n_trials": 0, "n_complete": 0, "n_pruned": 0, "n_failed": 0}
+        trials_this_run = 0
+        if not enabled:
+            log.info("tuning disabled (tune.enabled=%s, n_trials=%d): train uses params.yaml as written", cfg.tune.enabled, cfg.tune.n_trials)
+        else:
+            study.set_user_attr("mlflow_run_id", parent.info.run_id)
+            mlflow.set_tags({"optuna_study": study.study_name, "optuna_storage": cfg.tune.storage or str(OUT_DIR / JOURNAL_FILE),
+                             "objective": cfg.tune.objective, "direction": validation.DIRECTION})
+            stale = fail_stale_trials(study, cfg)
+            if stale:
+                log.warning("%d trial(s) left running by an interrupted run marked FAIL", stale)
+            before = count_states(study)["n_trials"]
+            stopper = StopWhenDone(cfg.tune.n_trials)
+            if stopper.done(study):
+                log.info("study %s already has %d finished trials: nothing to run", study.study_name, cfg.tune.n_trials)
+            elif cfg.tune.n_workers > 1:
+                log.info("study %s: %d workers on %s", study.study_name, cfg.tune.n_workers, cfg.tune.storage or OUT_DIR / JOURNAL_FILE)
+                run_workers(cfg, study.study_name, parent.info.run_id, stream=before)
+            else:
+                study.sampler = make_sampler(cfg, stream=before)
+                study.pruner = make_pruner(cfg)
+                objective = Objective(cfg, data, parent.info.run_id)
+                study.optimize(objective, callbacks=[stopper], catch=(RuntimeError,))
+            counts = count_states(study)
+            trials_this_run = counts["n_trials"] - before
+            summary = {k: counts[k] for k in summary}
+            if counts["n_complete"]:
+                best = study.best_trial
+                result.update(params=_decoded(best.params, cfg), value=best.value, trial=best.number)
+                mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+                mlflow.log_metric("best_value", best.value)
+                log_study_plots(study, log)
+            else:
+                log.warning("no trial completed: train uses params.yaml as written")
+        OUT_DIR.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(OUT_DIR / BEST_FILE, result)
+        seconds = time.perf_counter() - started
+        metrics_out = {**summary, "trials_this_run": trials_this_run, "best_value": result["value"], "seconds": round(seconds, 2)}
+        write_metrics("tune", metrics_out)
+        mlflow.log_metrics({k: v for k, v in metrics_out.items() if v is not None})
+        mlflow.log_artifact(str(OUT_DIR / BEST_FILE))
+        log.info("tune finished in %.1fs: %s; best %s = %s", seconds, summary, result["params"], result["value"])
+
+
+def _decoded(params: dict, cfg: Config) -> dict:
+    """Best params as config values: JSON-encoded categorical choices (lists) decoded back."""
+    out = {}
+    for key, value in params.items():
+        dim = cfg.tune.search_space.get(key)
+        if dim is not None and dim.type == "categorical" and isinstance(value, str) and value not in dim.choices:
+            value = json.loads(value)
+        out[key] = value
+    return out
+
+
+def _existing_run(run_id: str | None) -> str | None:
+    """``run_id`` when it exists in the current tracking store (a study may outlive a store)."""
+    if not run_id:
+        return None
+    try:
+        MlflowClient().get_run(run_id)
+        return run_id
+    except Exception:
+        return None
 
 
 def log_study_plots(study: optuna.Study, log: logging.Logger) -> None:
-    import warnings
-
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
     plots = {"optimization_history": ovm.plot_optimization_history, "timeline": ovm.plot_timeline}
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if len(complete) >= 2 and len(study.best_params) >= 1:
         plots["param_importances"] = ovm.plot_param_importances
         plots["parallel_coordinate"] = ovm.plot_parallel_coordinate
