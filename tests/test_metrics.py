@@ -72,3 +72,46 @@ def test_psnr_and_ssim(brains):
     noisy = np.clip(brains.astype(int) + np.random.default_rng(0).integers(-20, 20, brains.shape), 0, 255).astype(np.uint8)
     assert 20 < metrics.psnr(brains, noisy) < 40
     assert metrics.mean_ssim(brains, noisy) < 0.99
+
+
+def test_memorization_flags_copies_not_held_out_images():
+    cohort = build_cohort(EmbeddedDataConfig(n_subjects=24, slices_per_subject=6), 32, seed=5)
+    by_subject = {s: i for i, s in enumerate(np.unique(cohort.subjects))}
+    group = np.array([by_subject[s] % 3 for s in cohort.subjects])  # subject-level split: train / held-out / test
+    train, held_out, test = (cohort.images[group == g] for g in range(3))
+    copies = np.concatenate([train[:20], train[20:40, :, ::-1]])  # verbatim and mirrored training images
+    copied = metrics.memorization_audit(copies, test[:40], train)
+    assert copied["memorization_rate"] == 1.0 and copied["nn_ratio"] < 0.05
+    fresh = metrics.memorization_audit(held_out[:40], test[:40], train)
+    assert fresh["memorization_rate"] <= 0.1 and 0.7 < fresh["nn_ratio"] < 1.4
+
+
+def test_nearest_distances_find_the_exact_match():
+    rng = np.random.default_rng(0)
+    references = rng.integers(0, 255, (30, 16, 16), dtype=np.uint8)
+    queries = references[[4, 17]].copy()
+    queries[1, 0, 0] ^= 1  # one grey level off in one pixel
+    dist, index = metrics.nearest_distances(queries, references)
+    assert index.tolist() == [4, 17] and dist[0] == 0 and 0 < dist[1] < 0.1
+
+
+def test_fid_is_skipped_without_local_weights(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    values, note = metrics.fid_kid(np.zeros((4, 32, 32), np.uint8), np.zeros((4, 32, 32), np.uint8))
+    assert values == {} and note.startswith("skipped: no local Inception weights")
+
+
+def test_tstr_classifier_learns_a_class_signal():
+    import torch
+
+    from brainsynth.utility import classifier_accuracy
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 160)
+    yy, xx = np.mgrid[:16, :16]
+    disc = ((yy - 8) ** 2 + (xx - 8) ** 2 < 20).astype(np.float64)
+    images = np.clip(disc * np.where(labels, 200, 90)[:, None, None] + rng.normal(0, 20, (160, 16, 16)), 0, 255).astype(np.uint8)
+    accuracy = classifier_accuracy(images[:120], labels[:120], images[120:], labels[120:], 2, epochs=6, seed=0, device=torch.device("cpu"))
+    assert accuracy > 0.85

@@ -21,7 +21,8 @@ TINY = {
     "train": {"epochs": 2, "batch_size": 4, "sample_every": 1, "log_every": 2},
     "loss": {"adv_start_epoch": 0, "kl_warmup_epochs": 1},
     "tune": {"n_trials": 2, "epochs": 1, "max_train_images": 0, "eval_images": 8},
-    "evaluate": {"n_images": 12, "n_pairs": 8, "swd_patches_per_image": 16, "swd_directions": 32, "n_recon_examples": 4},
+    "evaluate": {"n_images": 12, "n_pairs": 8, "swd_patches_per_image": 16, "swd_directions": 32, "n_recon_examples": 4,
+                 "utility_epochs": 2},
 }
 
 
@@ -113,6 +114,16 @@ def test_four_finished_stage_runs_with_lineage(pipeline):
     # artifacts live under the repo's mlruns/, next to mlflow.db, where a bare `mlflow ui` finds them
     assert list((work / "mlruns").rglob("samples_per_class.png"))
     assert stages["train"].data.metrics["epochs"] == 2
+    versions = client.search_model_versions("name='brainsynth'")
+    assert len(versions) == 1 and versions[0].run_id == stages["train"].info.run_id  # registered by train
+    for name in ("memorization.png", "interpolation.png"):
+        assert name in [Path(a.path).name for a in client.list_artifacts(stages["evaluate"].info.run_id, "figures")]
+
+
+def test_dvc_plots_render_training_curves(pipeline):
+    work, _ = pipeline
+    shown = json.loads(_run(["dvc", "plots", "show", "--json"], work).stdout)
+    assert any("history.csv" in key for key in shown["data"]), list(shown["data"])
 
 
 def test_metrics_files_and_keys(pipeline):
@@ -120,8 +131,10 @@ def test_metrics_files_and_keys(pipeline):
     for stage in ("prepare", "tune", "train", "evaluate"):
         assert (work / "metrics" / f"{stage}.json").is_file()
     evaluation = json.loads((work / "metrics" / "evaluate.json").read_text())
-    for key in ("recon_psnr", "recon_ssim", "ms_ssim_samples", "ms_ssim_real", "swd"):
+    for key in ("recon_psnr", "recon_ssim", "ms_ssim_samples", "ms_ssim_real", "swd", "nn_ratio", "memorization_rate",
+                "tstr_accuracy", "trtr_accuracy"):
         assert isinstance(evaluation[key], float), key
+    assert json.loads((work / "metrics" / "generate.json").read_text())["enabled"] == 0  # export off by default
     prepare = json.loads((work / "metrics" / "prepare.json").read_text())
     assert prepare["n_images"] == 48 and prepare["test/n_subjects"] == 3  # one per class
     assert (work / "models" / "train" / "model.pt").is_file()

@@ -194,10 +194,19 @@ class EvaluateConfig(_Section):
     swd_patches_per_image: int = Field(128, ge=8)
     swd_directions: int = Field(512, ge=16)
     n_recon_examples: int = Field(8, ge=1, le=64)
+    utility_epochs: int = Field(8, ge=0)
+    utility_images: int = Field(0, ge=0)
+
+
+class GenerateConfig(_Section):
+    enabled: bool = False
+    n_per_class: int = Field(100, ge=1)
+    nifti: bool = False
 
 
 class MlflowConfig(_Section):
     experiment: str = Field("brainsynth", min_length=1)
+    registered_model: str = "brainsynth"
 
 
 class Config(_Section):
@@ -209,6 +218,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    generate: GenerateConfig = GenerateConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
     @model_validator(mode="after")

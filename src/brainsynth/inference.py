@@ -74,6 +74,20 @@ class SynthModel:
     def sample(self, labels, seed: int) -> np.ndarray:
         return sample_images(self.decoder, labels, seed, self.n_classes > 0, self.device, self.cfg.train.bf16)
 
+    @torch.no_grad()
+    def interpolate(self, label: int, seed: int, steps: int = 10) -> np.ndarray:
+        """Decode ``steps`` points on the great circle between two z ~ N(0, I) (slerp), one class.
+        Returns (steps, S, S) uint8."""
+        ends = torch.randn(2, self.decoder.latent_dim, generator=torch.Generator().manual_seed(seed))
+        a, b = ends[0], ends[1]
+        omega = torch.arccos((a / a.norm()).dot(b / b.norm()).clamp(-1.0, 1.0))
+        t = torch.linspace(0.0, 1.0, steps)[:, None]
+        z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+        labels = torch.full((steps,), label, dtype=torch.long, device=self.device) if self.n_classes > 0 else None
+        self.decoder.eval()
+        with torch.autocast(**_autocast(self.device, self.cfg.train.bf16)):
+            return to_uint8(self.decoder(z.to(self.device), labels)).cpu().squeeze(1).numpy()
+
     def reconstruct(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return reconstruct_images(self.encoder, self.decoder, images, labels, self.n_classes > 0, self.device, self.cfg.train.bf16)
 

@@ -16,6 +16,8 @@ whatever the number of scales requested, which rules out a sensible window at 64
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -157,3 +159,81 @@ def swd(real: np.ndarray, fake: np.ndarray, seed: int, patches_per_image: int = 
         out[f"swd_{level_real.shape[-1]}"] = _sliced_wasserstein(a, b, directions, generator) * 1e3
     out["swd"] = float(np.mean(list(out.values())))
     return out
+
+
+# --- memorisation audit ---------------------------------------------------------------------
+
+
+def nearest_distances(queries: np.ndarray, references: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """For each query image, the RMS grey-level distance (0–255) to its nearest reference image and
+    that image's index. (N, S, S) uint8 × (M, S, S) uint8 → ((N,) float, (N,) int)."""
+    ref = torch.from_numpy(np.ascontiguousarray(references)).reshape(len(references), -1).float()
+    pixels = ref.shape[1]
+    dists, index = [], []
+    for start in range(0, len(queries), batch):
+        q = torch.from_numpy(np.ascontiguousarray(queries[start : start + batch])).reshape(-1, pixels).float()
+        d = torch.cdist(q, ref)
+        best = d.min(dim=1)
+        dists.append(best.values / pixels**0.5)
+        index.append(best.indices)
+    return torch.cat(dists).numpy(), torch.cat(index).numpy()
+
+
+def memorization_audit(generated: np.ndarray, held_out: np.ndarray, train: np.ndarray, percentile: float = 1.0) -> dict:
+    """Are generated images closer to training images than unseen real images are?
+
+    References are the training images and their left-right mirror images (training flips them).
+    * ``nn_ratio`` = median(generated → train) / median(held-out → train): ≈ 1 when samples are as
+      far from the training set as new real images; well below 1 means copies.
+    * ``memorization_rate``: share of generated images closer to a training image than the
+      ``percentile``-th percentile of held-out → train distances (≈ percentile/100 for new real data).
+    Also returns the distances and nearest indices (into ``train``) for figures.
+    """
+    references = np.concatenate([train, train[:, :, ::-1]])
+    gen_d, gen_i = nearest_distances(generated, references)
+    real_d, _ = nearest_distances(held_out, references)
+    threshold = float(np.percentile(real_d, percentile))
+    return {
+        "nn_ratio": float(np.median(gen_d) / max(np.median(real_d), 1e-8)),
+        "memorization_rate": float(np.mean(gen_d < threshold)),
+        "nn_generated_train_median": float(np.median(gen_d)),
+        "nn_test_train_median": float(np.median(real_d)),
+        "memorization_threshold": threshold,
+        "_generated_distances": gen_d,
+        "_nearest_train_index": gen_i % len(train),
+        "_nearest_is_mirrored": gen_i >= len(train),
+    }
+
+
+# --- optional FID / KID (only with local Inception weights) ---------------------------------
+
+INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception
+
+
+def local_inception_weights() -> Path | None:
+    """The FID Inception weights if they already sit in torch's hub cache; never downloaded."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
+    return path if path.is_file() else None
+
+
+def fid_kid(real: np.ndarray, fake: np.ndarray) -> tuple[dict[str, float], str]:
+    """FID and KID (torchmetrics) when Inception weights are present locally, else ({}, why not)."""
+    weights = local_inception_weights()
+    if weights is None:
+        return {}, f"skipped: no local Inception weights ({INCEPTION_WEIGHTS} in {torch.hub.get_dir()}/checkpoints); nothing is downloaded"
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        def rgb(images: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(images))[:, None].repeat(1, 3, 1, 1)
+
+        fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights))
+        kid = KernelInceptionDistance(feature=fid.inception, subset_size=min(100, len(real), len(fake)))
+        for metric in (fid, kid):
+            metric.update(rgb(real), real=True)
+            metric.update(rgb(fake), real=False)
+        kid_mean, _ = kid.compute()
+        return {"fid": float(fid.compute()), "kid": float(kid_mean)}, "computed"
+    except Exception as err:  # torch-fidelity missing, weights of another version, …
+        return {}, f"skipped: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

@@ -48,3 +48,27 @@ def class_rows(images: np.ndarray, labels: np.ndarray, class_names: list[str], p
         rows.append(images[np.sort(pick)])
         names.append(name)
     return rows, names
+
+
+def training_curves(history: list[dict[str, float]], val_history: list[dict], path: Path) -> Path:
+    """Per-epoch training losses (left) and validation scores (right) as one figure."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    epochs = np.arange(1, len(history) + 1)
+    for key in (history[0] if history else {}):
+        values = [row[key] for row in history]
+        if any(v != 0 for v in values):
+            left.plot(epochs, values, label=key)
+    left.set_xlabel("epoch")
+    left.set_title("training losses (epoch means)")
+    left.legend(fontsize=7)
+    for key in ("val_objective", "val_swd", "val_recon_mae"):
+        if val_history and key in val_history[0]:
+            right.plot([row["epoch"] for row in val_history], [row[key] for row in val_history], marker="o", label=key)
+    right.set_xlabel("epoch")
+    right.set_title("validation (lower is better)")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

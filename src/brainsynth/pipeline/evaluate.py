@@ -6,6 +6,12 @@
   distance between real training and real test images — the floor a perfect model would reach.
 * ``ms_ssim_samples`` vs ``ms_ssim_real``: mean MS-SSIM over random pairs (lower = more diverse);
   samples far above real pairs mean mode collapse.
+* memorisation audit: ``nn_ratio`` (median generated→train ÷ median test→train nearest-neighbour
+  distance; ≈ 1 is healthy, ≪ 1 means copies) and ``memorization_rate`` (share of samples closer to
+  a training image than the 1st percentile of test→train distances; ≈ 0.01 for new real images).
+* downstream utility: ``tstr_accuracy`` (classifier trained on synthetic images only) vs
+  ``trtr_accuracy`` (trained on real training images), both tested on the real test split.
+* ``fid`` / ``kid`` only when Inception weights are already on disk (never downloaded).
 Per-class values carry the class name as a suffix.
 """
 
@@ -20,6 +26,7 @@ import numpy as np
 
 from brainsynth import metrics as M
 from brainsynth.config import Config
+from brainsynth.utility import classifier_accuracy
 from brainsynth.data import prepared
 from brainsynth.engine import resolve_device
 from brainsynth.inference import SynthModel
@@ -65,6 +72,22 @@ def run(cfg: Config, log: logging.Logger) -> None:
                 results[f"swd_{name}"] = M.swd(real[members], samples[members], cfg.seed, ev.swd_patches_per_image, ev.swd_directions)["swd"]
                 results[f"ms_ssim_samples_{name}"] = M.ms_ssim_pairs(samples[members], ev.n_pairs, cfg.seed)
                 results[f"ms_ssim_real_{name}"] = M.ms_ssim_pairs(real[members], ev.n_pairs, cfg.seed)
+        audit = M.memorization_audit(samples, real, train_images)
+        results.update({k: v for k, v in audit.items() if not k.startswith("_")})
+        notes = {}
+        if len(data.class_names) > 1 and ev.utility_epochs > 0:
+            m = min(ev.utility_images or len(train_images), len(train_images))
+            pick_train = np.sort(rng.choice(len(train_images), m, replace=False))
+            real_x, real_y = train_images[pick_train], train_labels[pick_train]
+            synthetic_x = model.sample(real_y, cfg.seed + 3)  # the real training set's class mix
+            device = resolve_device(cfg.train.device)
+            results["trtr_accuracy"] = classifier_accuracy(real_x, real_y, test_images, test_labels, len(data.class_names), ev.utility_epochs, cfg.seed, device)
+            results["tstr_accuracy"] = classifier_accuracy(synthetic_x, real_y, test_images, test_labels, len(data.class_names), ev.utility_epochs, cfg.seed, device)
+            results["chance_accuracy"] = float(np.bincount(test_labels).max() / len(test_labels))
+        else:
+            notes["utility"] = "skipped: needs class labels (more than one class)" if len(data.class_names) <= 1 else "skipped: evaluate.utility_epochs = 0"
+        fid, notes["fid"] = M.fid_kid(real, samples)
+        results.update(fid)
         results["seconds"] = round(time.perf_counter() - started, 2)
 
         with atomic_dir(OUT_DIR) as staging:
@@ -79,8 +102,20 @@ def run(cfg: Config, log: logging.Logger) -> None:
                           title=f"test reconstructions: PSNR {results['recon_psnr']:.1f} dB, SSIM {results['recon_ssim']:.3f}")
             rows = [real[:10], samples[:10]]
             labelled_grid(rows, ["real (test)", "generated"], staging / "real_vs_generated.png", title=f"SWD {results['swd']:.1f}")
+            closest = np.argsort(audit["_generated_distances"])[:8]
+            train_match = train_images[audit["_nearest_train_index"][closest]]
+            train_match = np.where(audit["_nearest_is_mirrored"][closest][:, None, None], train_match[:, :, ::-1], train_match)
+            labelled_grid([samples[closest], train_match], ["generated", "nearest train"], staging / "memorization.png",
+                          col_labels=[f"{d:.1f}" for d in audit["_generated_distances"][closest]],
+                          title=f"closest generated/train pairs (RMS grey-level distance); nn_ratio {results['nn_ratio']:.2f}, "
+                                f"memorization_rate {results['memorization_rate']:.3f}")
+            strips = [model.interpolate(k, cfg.seed + 4, steps=10) for k in range(max(len(data.class_names), 1))]
+            labelled_grid(strips, data.class_names, staging / "interpolation.png", title="latent interpolation (spherical, between two random z)")
         write_metrics("evaluate", results)
         mlflow.log_metrics(results)
+        mlflow.set_tags({f"note_{k}": v for k, v in notes.items()})
+        for key, note in notes.items():
+            log.info("%s: %s", key, note)
         for png in sorted(OUT_DIR.glob("*.png")):
             mlflow.log_artifact(str(png), artifact_path="figures")
         log.info("evaluate: %s", ", ".join(f"{k}={v:.4g}" for k, v in results.items()))

@@ -28,7 +28,8 @@ from brainsynth.pipeline.common import atomic_dir, read_json, stage_run, write_j
 from brainsynth.pipeline.tune import BEST_FILE
 from brainsynth.pipeline.tune import OUT_DIR as TUNE_DIR
 from brainsynth.validation import validation_metrics
-from brainsynth.viz import labelled_grid
+from brainsynth.serving import log_generator
+from brainsynth.viz import labelled_grid, training_curves
 
 OUT_DIR = Path("models/train")
 RESUME_PATH = Path("checkpoints/train/last.pt")
@@ -43,6 +44,23 @@ def fingerprint(cfg: Config, data: prepared.PreparedData) -> str:
     relevant = {k: v for k, v in cfg.flat().items() if not k.startswith(_NOT_FINGERPRINTED)}
     blob = json.dumps({"cfg": relevant, "data": data.meta.get("mlflow_run_id"), "counts": data.meta.get("counts")}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+HISTORY_FILE = "history.csv"  # per-epoch training losses (dvc plots)
+VAL_HISTORY_FILE = "val_history.csv"  # validation scores at the epochs they were computed (dvc plots)
+
+
+def write_history(history: list[dict[str, float]], val_history: list[dict], folder: Path) -> int:
+    """Training curves as CSV files DVC renders with ``dvc plots show/diff``."""
+    import csv
+
+    for name, rows in ((HISTORY_FILE, [{"epoch": i + 1, **row} for i, row in enumerate(history)]), (VAL_HISTORY_FILE, val_history)):
+        with open(folder / name, "w", newline="") as handle:
+            if rows:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+    return len(history)
 
 
 def fixed_sample_labels(n: int, n_classes: int) -> np.ndarray:
@@ -72,6 +90,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
     print_fp = fingerprint(cfg, data)
     resume_run_id = None
     best_value = float("inf")
+    val_history: list[dict] = []
     if RESUME_PATH.is_file():
         try:
             state = load_safe(RESUME_PATH)
@@ -82,6 +101,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
             trainer.restore(RESUME_PATH)
             resume_run_id = state.get("mlflow_run_id") or None
             best_value = float(state.get("best_value", float("inf")))
+            val_history = list(state.get("val_history", []))
             log.info("resuming from %s at epoch %d (mlflow run %s)", RESUME_PATH, trainer.epoch, resume_run_id)
         elif state is not None:
             log.info("resume checkpoint %s belongs to another config or data: starting fresh", RESUME_PATH)
@@ -102,6 +122,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
             if len(val_images) and (stats.epoch % cfg.train.sample_every == 0 or last):
                 scores = validation_metrics(trainer, val_images, val_labels, cfg.tune.eval_images, cfg.seed, cfg.tune.recon_weight, cfg.tune.objective)
                 epoch_metrics.update(scores)
+                val_history.append({"epoch": stats.epoch, **scores})
                 path = sample_grid(trainer, data.class_names, 8, cfg.seed, staging_figures / f"epoch_{stats.epoch:04d}.png", f"fixed-noise samples, epoch {stats.epoch}")
                 mlflow.log_artifact(str(path), artifact_path="samples")
                 if scores["val_objective"] < best_value:
@@ -112,7 +133,8 @@ def run(cfg: Config, log: logging.Logger) -> None:
             mlflow.log_metrics(epoch_metrics, step=stats.epoch)
             log.info("epoch %d/%d %.1fs (%.0f img/s): %s", stats.epoch, cfg.train.epochs, stats.seconds, stats.images_per_second,
                      ", ".join(f"{k}={v:.4f}" for k, v in stats.losses.items()))
-            trainer.save(RESUME_PATH, {"fingerprint": print_fp, "mlflow_run_id": run_id, "best_value": best_value})
+            trainer.save(RESUME_PATH, {"fingerprint": print_fp, "mlflow_run_id": run_id, "best_value": best_value,
+                                        "val_history": val_history})
 
         with atomic_dir(OUT_DIR) as staging:
             save_model(staging / MODEL_FILE, cfg, trainer.model.ema_encoder, trainer.model.ema_decoder, trainer.image_size,
@@ -120,6 +142,8 @@ def run(cfg: Config, log: logging.Logger) -> None:
             sample_grid(trainer, data.class_names, 10, cfg.seed, staging / "samples.png", f"final samples (EMA decoder), {cfg.train.epochs} epochs")
             if BEST_PATH.is_file():
                 shutil.copy2(BEST_PATH, staging / BEST_MODEL_FILE)
+            write_history(trainer.history, val_history, staging)
+            training_curves(trainer.history, val_history, staging / "training_curves.png")
             write_json_atomic(staging / "meta.json", {"mlflow_run_id": run_id, "epochs": cfg.train.epochs, "device": str(trainer.device),
                                                      "tuned_params": tuned.get("params", {}), "fingerprint": print_fp})
         history = trainer.history[-1] if trainer.history else {}
@@ -129,9 +153,13 @@ def run(cfg: Config, log: logging.Logger) -> None:
         write_metrics("train", metrics)
         mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None and not k.startswith(("final_", "val_"))})
         mlflow.log_artifact(str(OUT_DIR / "samples.png"), artifact_path="figures")
+        mlflow.log_artifact(str(OUT_DIR / "training_curves.png"), artifact_path="figures")
         mlflow.log_artifact(str(OUT_DIR / MODEL_FILE), artifact_path="model")
         if (OUT_DIR / BEST_MODEL_FILE).is_file():
             mlflow.log_artifact(str(OUT_DIR / BEST_MODEL_FILE), artifact_path="model")
+        if cfg.mlflow.registered_model:
+            uri = log_generator(OUT_DIR / MODEL_FILE, cfg.mlflow.registered_model)
+            log.info("registered %s as MLflow model %r (pyfunc: predict({'n': 8, 'class': 0, 'seed': 0}))", uri, cfg.mlflow.registered_model)
         RESUME_PATH.unlink(missing_ok=True)
         BEST_PATH.unlink(missing_ok=True)
         log.info("model written to %s", OUT_DIR / MODEL_FILE)

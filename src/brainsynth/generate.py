@@ -1,0 +1,118 @@
+"""Export synthetic slices: N images per class as PNG (and optionally one NIfTI stack per class),
+with a manifest (class, seed, model, MLflow run id).
+
+    brainsynth-generate --model models/train/model.pt --n-per-class 100 --out data/synthetic
+    brainsynth-generate --model models:/brainsynth/3 --n-per-class 50 --nifti --out synth/
+    brainsynth-generate --model runs:/<run id>/model/model.pt ...
+
+``--model`` takes a model file or any MLflow URI of one (``runs:/…``, ``models:/…`` of the
+registered pyfunc, whose ``artifacts/`` hold the model file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from brainsynth.checkpoint import CheckpointError
+from brainsynth.inference import SynthModel
+
+
+def resolve_model_file(source: str) -> Path:
+    """A local model file, or an MLflow URI downloaded (from the local store, no network beyond it)."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    if "://" not in source and not source.startswith(("runs:/", "models:/")):
+        raise CheckpointError(f"--model {source!r}: no such file (give a model file or an MLflow URI such as models:/brainsynth/1)")
+    import mlflow
+
+    from brainsynth import tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+    except Exception as err:
+        raise CheckpointError(f"--model {source!r}: cannot fetch it from MLflow ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    if local.is_file():
+        return local
+    candidates = sorted(local.rglob("*.pt"))
+    if not candidates:
+        raise CheckpointError(f"--model {source!r}: no model file (*.pt) in the downloaded artifacts")
+    return candidates[0]
+
+
+def export(model: SynthModel, out_dir: Path, n_per_class: int, seed: int, nifti: bool, model_source: str) -> dict:
+    """Write the images and manifest into ``out_dir`` atomically (a temp folder moved into place)."""
+    class_names = model.class_names or ["unlabelled"]
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        files = []
+        for k, name in enumerate(class_names):
+            class_seed = seed + 1000 * k  # each class its own noise stream: adding classes leaves the others unchanged
+            images = model.sample(np.full(n_per_class, k), class_seed)
+            folder = staging / _safe(name)
+            folder.mkdir()
+            for i, image in enumerate(images):
+                path = folder / f"{_safe(name)}_{i:05d}.png"
+                Image.fromarray(image).save(path)
+                files.append({"path": str(path.relative_to(staging)), "class": name, "class_index": k, "index": i, "seed": class_seed})
+            if nifti:
+                import nibabel as nib
+
+                # (S, S, n): one axial slice per image, 1 mm voxels; rows flipped so that nibabel's
+                # RAS orientation shows the slices upright in a viewer, as the PNGs are.
+                volume = np.ascontiguousarray(np.transpose(images[:, ::-1, :], (2, 1, 0)))
+                nib.save(nib.Nifti1Image(volume, np.eye(4)), staging / f"{_safe(name)}.nii.gz")
+        manifest = {"model": model_source, "model_run_id": model.run_id, "seed": seed, "n_per_class": n_per_class,
+                    "image_size": model.image_size, "classes": class_names, "nifti": nifti, "files": files}
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return manifest
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="brainsynth-generate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/train/model.pt", help="model file or MLflow URI (runs:/…, models:/…)")
+    parser.add_argument("--out", default="data/synthetic", help="output folder (replaced atomically)")
+    parser.add_argument("--n-per-class", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--nifti", action="store_true", help="also write one NIfTI stack per class")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = parser.parse_args(argv)
+    if args.n_per_class < 1:
+        parser.error(f"--n-per-class must be at least 1 (got {args.n_per_class})")
+    try:
+        model = SynthModel.load(resolve_model_file(args.model), args.device)
+        manifest = export(model, Path(args.out), args.n_per_class, args.seed, args.nifti, args.model)
+    except (CheckpointError, OSError, ValueError) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(manifest['files'])} images ({args.n_per_class} per class: {', '.join(manifest['classes'])}) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

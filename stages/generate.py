@@ -1,0 +1,10 @@
+"""DVC stage 'generate' (see dvc.yaml). All logic lives in brainsynth.pipeline.generate."""
+
+from brainsynth.config import check_or_exit
+
+if __name__ == "__main__":
+    check_or_exit()  # before the heavy imports below: a bad params.yaml fails in well under a second
+    from brainsynth.pipeline.common import run_stage
+    from brainsynth.pipeline.generate import run
+
+    run_stage("generate", run)
