@@ -24,7 +24,8 @@ run: setup
 	@echo "Results:"
 	@echo "  metrics:       metrics/*.json   (dvc metrics show)"
 	@echo "  samples:       models/train/samples.png, reports/evaluate/samples_per_class.png"
-	@echo "  model:         models/train/model.pt"
+	@echo "  model:         models/train/model.pt (also registered in MLflow as 'brainsynth')"
+	@echo "  export:        .venv/bin/brainsynth-generate --n-per-class 100 --out synthetic/"
 	@echo "  MLflow runs:   make ui  (then open http://127.0.0.1:5000)"
 	@$(BIN)/dvc metrics show
 

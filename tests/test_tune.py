@@ -77,6 +77,7 @@ def test_killed_study_resumes_to_n_trials_in_the_same_mlflow_run(workdir, monkey
     assert exit_info.value.code == 130
     states = [t.state for t in study_of(workdir).trials]
     assert states[0] == TrialState.COMPLETE and len(states) == 2 and states[1] != TrialState.COMPLETE
+    assert study_of(workdir).trials[0].params == {"optim.lr": 2e-4, "model.cbam_res": "[]"}  # params.yaml's values first
 
     monkeypatch.setattr(Trainer, "train_epoch", original)
     run_stage("tune", tune.run)

@@ -194,7 +194,7 @@ class EvaluateConfig(_Section):
     swd_patches_per_image: int = Field(128, ge=8)
     swd_directions: int = Field(512, ge=16)
     n_recon_examples: int = Field(8, ge=1, le=64)
-    utility_epochs: int = Field(8, ge=0)
+    utility_epochs: int = Field(10, ge=0)
     utility_images: int = Field(0, ge=0)
 
 

@@ -13,6 +13,8 @@
 * MLflow: one parent run per study (re-opened when the study resumes), a nested run per trial with its
   params, per-epoch objective, final Optuna state and a sample grid; the parent logs the best
   params/value and Optuna's history, importance, parallel-coordinate and timeline plots.
+* The first trial of a new study uses the params.yaml values, so the tuned values replace them only
+  when a trial scores better.
 * ``tune.enabled: false`` or ``tune.n_trials: 0`` writes empty best parameters: train uses params.yaml.
 """
 
@@ -61,7 +63,8 @@ log = logging.getLogger("brainsynth.tune")
 
 def study_name(cfg: Config, data: prepared.PreparedData) -> str:
     relevant = {k: v for k, v in cfg.flat().items() if not k.startswith(_NOT_IN_STUDY_KEY)}
-    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in _TRIAL_CODE)).hexdigest()
+    files = [Path(m.__file__) for m in _TRIAL_CODE] + [Path(__file__)]  # this module holds the trial loop
+    code = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
     blob = json.dumps({"cfg": relevant, "data": data.meta.get("mlflow_run_id"), "code": code}, sort_keys=True, default=str)
     return "tune-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -152,6 +155,23 @@ def suggest(trial: optuna.Trial, name: str, dim: SearchDimension):
     if dim.type == "int":
         return trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log)
     return trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+
+
+def baseline_params(cfg: Config, space: dict[str, SearchDimension]) -> dict:
+    """params.yaml's own values for the searched dimensions (those inside the space), in Optuna's
+    encoding: the first trial of a new study, so tuning only departs from the committed params
+    when a trial beats them."""
+    current = cfg.flat()
+    baseline = {}
+    for name, dim in space.items():
+        value = current.get(name)
+        if dim.type == "categorical":
+            if value in dim.choices:
+                scalar = all(c is None or isinstance(c, (bool, int, float, str)) for c in dim.choices)
+                baseline[name] = value if scalar else json.dumps(value)
+        elif isinstance(value, (int, float)) and dim.low <= value <= dim.high:
+            baseline[name] = int(value) if dim.type == "int" else float(value)
+    return baseline
 
 
 def search_space(cfg: Config, quiet: bool = False) -> dict[str, SearchDimension]:
@@ -336,6 +356,10 @@ def run(cfg: Config, log: logging.Logger) -> None:
             if stale:
                 log.warning("%d trial(s) left running by an interrupted run marked FAIL", stale)
             before = count_states(study)["n_trials"]
+            if before == 0:
+                baseline = baseline_params(cfg, search_space(cfg, quiet=True))
+                study.enqueue_trial(baseline, skip_if_exists=True)
+                log.info("first trial: the params.yaml values %s", baseline)
             stopper = StopWhenDone(cfg.tune.n_trials)
             if stopper.done(study):
                 log.info("study %s already has %d finished trials: nothing to run", study.study_name, cfg.tune.n_trials)
