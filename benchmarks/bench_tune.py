@@ -1,7 +1,8 @@
 """Tuning benchmark: the default study (params.yaml) with and without pruning — wall time, trials
 pruned and the best objective of each. Needs ``data/prepared`` (run ``dvc repro prepare`` first).
 
-Both studies use the same sampler seed, so they propose the same first trials; in-memory Optuna
+As in the stage, the first trial runs the params.yaml values; both studies use the same sampler
+seed, so they propose the same first trials; in-memory Optuna
 storage and a throw-away MLflow store (nothing is added to the repo's ``mlflow.db``).
 
     python benchmarks/bench_tune.py [--trials N] [--pruners median none]
@@ -19,7 +20,7 @@ import optuna
 
 from brainsynth.config import load
 from brainsynth.data import prepared
-from brainsynth.pipeline.tune import Objective, StopWhenDone, count_states, make_pruner, make_sampler
+from brainsynth.pipeline.tune import Objective, StopWhenDone, baseline_params, count_states, make_pruner, make_sampler, search_space
 from brainsynth.validation import DIRECTION
 
 
@@ -38,6 +39,7 @@ def main() -> None:
         for pruner in args.pruners:
             cfg = base.with_overrides({"tune.pruner": pruner, **({"tune.n_trials": args.trials} if args.trials else {})})
             study = optuna.create_study(direction=DIRECTION, sampler=make_sampler(cfg), pruner=make_pruner(cfg))
+            study.enqueue_trial(baseline_params(cfg, search_space(cfg, quiet=True)))  # as the stage does
             started = time.perf_counter()
             with mlflow.start_run(run_name=f"study-{pruner}") as parent:
                 study.optimize(Objective(cfg, data, parent.info.run_id, quiet=True), callbacks=[StopWhenDone(cfg.tune.n_trials)],
