@@ -109,9 +109,10 @@ def test_tstr_classifier_learns_a_class_signal():
     from brainsynth.utility import classifier_accuracy
 
     rng = np.random.default_rng(1)
-    labels = rng.integers(0, 2, 160)
-    yy, xx = np.mgrid[:16, :16]
-    disc = ((yy - 8) ** 2 + (xx - 8) ** 2 < 20).astype(np.float64)
-    images = np.clip(disc * np.where(labels, 200, 90)[:, None, None] + rng.normal(0, 20, (160, 16, 16)), 0, 255).astype(np.uint8)
-    accuracy = classifier_accuracy(images[:120], labels[:120], images[120:], labels[120:], 2, epochs=6, seed=0, device=torch.device("cpu"))
+    labels = rng.integers(0, 2, 300)
+    yy, xx = np.mgrid[:32, :32]
+    radius = np.where(labels, 11, 7)[:, None, None] + rng.normal(0, 0.7, (300, 1, 1))  # class = disc size
+    discs = ((yy - 16) ** 2 + (xx - 16) ** 2 < radius**2) * 180.0
+    images = np.clip(discs + rng.normal(0, 25, (300, 32, 32)), 0, 255).astype(np.uint8)
+    accuracy = classifier_accuracy(images[:240], labels[:240], images[240:], labels[240:], 2, epochs=15, seed=0, device=torch.device("cpu"))
     assert accuracy > 0.85
