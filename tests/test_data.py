@@ -4,7 +4,7 @@ from PIL import Image
 
 from brainsynth.config import DataConfig, EmbeddedDataConfig
 from brainsynth.data.embedded import CLASS_NAMES, build_cohort
-from brainsynth.data.folder import to_square_uint8
+from brainsynth.data.imaging import fit_square, to_gray
 from brainsynth.data.ingest import ingest
 from brainsynth.data.splits import split_by_subject
 
@@ -58,7 +58,7 @@ def test_image_folder_with_class_subfolders(tmp_path):
 
 def test_sixteen_bit_and_rgb_are_converted():
     sixteen = Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16))
-    out = to_square_uint8(sixteen, 32)
+    out = fit_square(to_gray(sixteen), 32)
     assert out.dtype == np.uint8 and out.max() > 240 and out.min() < 15
     rgb = Image.fromarray(np.full((20, 20, 3), 90, np.uint8))
-    assert to_square_uint8(rgb, 8).mean() == pytest.approx(90, abs=1)
+    assert fit_square(to_gray(rgb), 8).mean() == pytest.approx(90, abs=1)

@@ -333,8 +333,6 @@ def load(path: str | Path = "params.yaml") -> Config:
     return validate(raw, source=str(path))
 
 
-
-
 def check_or_exit(path: str | Path = "params.yaml") -> Config:
     """Validate params.yaml before a stage imports torch and MLflow (seconds), so that a typo fails
     in a fraction of a second: one ``error:`` line naming key, value and rule, exit status 2."""

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from brainsynth.checkpoint import CheckpointError
+from brainsynth.files import atomic_dir
 from brainsynth.inference import SynthModel
 
 
@@ -53,10 +51,7 @@ def resolve_model_file(source: str) -> Path:
 def export(model: SynthModel, out_dir: Path, n_per_class: int, seed: int, nifti: bool, model_source: str) -> dict:
     """Write the images and manifest into ``out_dir`` atomically (a temp folder moved into place)."""
     class_names = model.class_names or ["unlabelled"]
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(Path(out_dir)) as staging:
         files = []
         for k, name in enumerate(class_names):
             class_seed = seed + 1000 * k  # each class its own noise stream: adding classes leaves the others unchanged
@@ -77,15 +72,6 @@ def export(model: SynthModel, out_dir: Path, n_per_class: int, seed: int, nifti:
         manifest = {"model": model_source, "model_run_id": model.run_id, "seed": seed, "n_per_class": n_per_class,
                     "image_size": model.image_size, "classes": class_names, "nifti": nifti, "files": files}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
     return manifest
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from brainsynth.data.errors import DataError
-from brainsynth.data.imaging import fit_square, fitted_size, to_gray, to_square_uint8  # noqa: F401 (re-export)
+from brainsynth.data.imaging import fit_square, fitted_size, to_gray
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 

@@ -41,7 +41,3 @@ def fit_square(image: Image.Image, size: int, physical: tuple[float, float] | No
     canvas[top : top + new_h, left : left + new_w] = np.asarray(image)
     return canvas
 
-
-def to_square_uint8(image: Image.Image, size: int) -> np.ndarray:
-    """Any PIL image → grayscale uint8 (size, size) with its aspect kept."""
-    return fit_square(to_gray(image), size)

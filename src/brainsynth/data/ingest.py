@@ -30,7 +30,7 @@ from brainsynth.config import DataConfig
 from brainsynth.data.embedded import Cohort
 from brainsynth.data.errors import DataError
 from brainsynth.data.folder import Decoded, decode_image, is_image_file, subject_ids
-from brainsynth.data.volumes import decode_dicom_series, decode_nifti, is_dicom, is_nifti, nifti_subject
+from brainsynth.data.volumes import decode_dicom_series, decode_nifti, is_dicom, is_nifti
 
 UNLABELLED = "unlabelled"
 KIND_NOUNS = {"images": "images", "nifti": "NIfTI volumes", "dicom": "DICOM files"}
@@ -197,5 +197,3 @@ def check_bad_fraction(ingested: Ingested, max_bad_fraction: float, root: str, r
     raise DataError(f"data.source {root!r}: {n_bad} of {n} files unusable ({n_bad / n:.1%} > data.max_bad_fraction "
                     f"{max_bad_fraction}), e.g. {examples}; full list in {report}")
 
-
-__all__ = ["Ingested", "ingest", "check_bad_fraction", "detect_format", "nifti_subject", "UNLABELLED"]

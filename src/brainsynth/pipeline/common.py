@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import signal
 import sys
-import tempfile
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +20,7 @@ from brainsynth.checkpoint import CheckpointError
 from brainsynth.config import Config, ConfigError, load
 from brainsynth.data.errors import DataError
 from brainsynth.engine import DivergenceError
+from brainsynth.files import atomic_dir, write_json_atomic  # noqa: F401 (stages import them from here)
 
 LOG_DIR = Path("logs")
 METRICS_DIR = Path("metrics")
@@ -48,18 +46,9 @@ def setup_logging(stage: str) -> Path:
     for handler in (logging.FileHandler(path, mode="w"), logging.StreamHandler(sys.stderr)):
         handler.setFormatter(fmt)
         root.addHandler(handler)
-    for noisy in ("alembic", "mlflow", "optuna", "matplotlib", "PIL", "urllib3", "git"):
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return path
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def write_metrics(stage: str, metrics: dict) -> Path:
@@ -68,24 +57,12 @@ def write_metrics(stage: str, metrics: dict) -> Path:
     return path
 
 
-@contextmanager
-def atomic_dir(target: Path):
-    """Yield a fresh temporary folder beside ``target``; on success it replaces ``target`` whole,
-    on failure it is removed and ``target`` is left as it was."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    backup = target.with_name(f".{target.name}.old")
-    shutil.rmtree(backup, ignore_errors=True)
-    if target.exists():
-        os.replace(target, backup)
-    os.replace(staging, target)
-    shutil.rmtree(backup, ignore_errors=True)
+def upstream_tags(stage: str, meta: dict) -> dict[str, str]:
+    """Lineage tags for a stage run: the MLflow run that produced this stage's input."""
+    return {"upstream_run_id": meta.get("mlflow_run_id", ""), "upstream_stage": stage}
+
+
+NOISY_LOGGERS = ("alembic", "mlflow", "optuna", "matplotlib", "PIL", "urllib3", "git")
 
 
 def read_json(path: Path, producer: str) -> dict:

@@ -26,23 +26,21 @@ import numpy as np
 
 from brainsynth import metrics as M
 from brainsynth.config import Config
-from brainsynth.utility import classifier_accuracy
 from brainsynth.data import prepared
 from brainsynth.engine import resolve_device
 from brainsynth.inference import SynthModel
-from brainsynth.pipeline.common import atomic_dir, read_json, stage_run, write_metrics
+from brainsynth.pipeline.common import atomic_dir, read_json, stage_run, upstream_tags, write_metrics
 from brainsynth.pipeline.train import MODEL_FILE
 from brainsynth.pipeline.train import OUT_DIR as TRAIN_DIR
+from brainsynth.utility import classifier_accuracy
 from brainsynth.viz import labelled_grid
 
 OUT_DIR = Path("reports/evaluate")
 
 
 def run(cfg: Config, log: logging.Logger) -> None:
-    train_meta = read_json(TRAIN_DIR / "meta.json", "train")
-    upstream = {"upstream_run_id": train_meta.get("mlflow_run_id", ""), "upstream_stage": "train"}
     started = time.perf_counter()
-    with stage_run("evaluate", cfg, upstream):
+    with stage_run("evaluate", cfg, upstream_tags("train", read_json(TRAIN_DIR / "meta.json", "train"))):
         data = prepared.load("data/prepared")
         model = SynthModel.load(TRAIN_DIR / MODEL_FILE, resolve_device(cfg.train.device))
         ev = cfg.evaluate
@@ -80,9 +78,9 @@ def run(cfg: Config, log: logging.Logger) -> None:
             pick_train = np.sort(rng.choice(len(train_images), m, replace=False))
             real_x, real_y = train_images[pick_train], train_labels[pick_train]
             synthetic_x = model.sample(real_y, cfg.seed + 3)  # the real training set's class mix
-            device = resolve_device(cfg.train.device)
-            results["trtr_accuracy"] = classifier_accuracy(real_x, real_y, test_images, test_labels, len(data.class_names), ev.utility_epochs, cfg.seed, device)
-            results["tstr_accuracy"] = classifier_accuracy(synthetic_x, real_y, test_images, test_labels, len(data.class_names), ev.utility_epochs, cfg.seed, device)
+            for name, images in (("trtr", real_x), ("tstr", synthetic_x)):
+                results[f"{name}_accuracy"] = classifier_accuracy(images, real_y, test_images, test_labels, len(data.class_names),
+                                                                  ev.utility_epochs, cfg.seed, model.device)
             results["chance_accuracy"] = float(np.bincount(test_labels).max() / len(test_labels))
         else:
             notes["utility"] = "skipped: needs class labels (more than one class)" if len(data.class_names) <= 1 else "skipped: evaluate.utility_epochs = 0"

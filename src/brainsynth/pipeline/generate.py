@@ -15,7 +15,7 @@ from brainsynth.config import Config
 from brainsynth.engine import resolve_device
 from brainsynth.generate import export
 from brainsynth.inference import SynthModel
-from brainsynth.pipeline.common import atomic_dir, read_json, stage_run, write_metrics
+from brainsynth.pipeline.common import atomic_dir, read_json, stage_run, upstream_tags, write_metrics
 from brainsynth.pipeline.train import MODEL_FILE
 from brainsynth.pipeline.train import OUT_DIR as TRAIN_DIR
 
@@ -23,10 +23,8 @@ OUT_DIR = Path("data/synthetic")
 
 
 def run(cfg: Config, log: logging.Logger) -> None:
-    train_meta = read_json(TRAIN_DIR / "meta.json", "train")
-    upstream = {"upstream_run_id": train_meta.get("mlflow_run_id", ""), "upstream_stage": "train"}
     started = time.perf_counter()
-    with stage_run("generate", cfg, upstream):
+    with stage_run("generate", cfg, upstream_tags("train", read_json(TRAIN_DIR / "meta.json", "train"))):
         if not cfg.generate.enabled:
             with atomic_dir(OUT_DIR) as staging:
                 (staging / "manifest.json").write_text(json.dumps({"enabled": False, "files": []}, indent=2) + "\n")

@@ -9,6 +9,7 @@ resume checkpoint is removed.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ from brainsynth.config import Config
 from brainsynth.data import prepared
 from brainsynth.engine import Trainer
 from brainsynth.inference import save_model
-from brainsynth.pipeline.common import atomic_dir, read_json, stage_run, write_json_atomic, write_metrics
+from brainsynth.pipeline.common import atomic_dir, read_json, stage_run, upstream_tags, write_json_atomic, write_metrics
 from brainsynth.pipeline.tune import BEST_FILE
 from brainsynth.pipeline.tune import OUT_DIR as TUNE_DIR
 from brainsynth.validation import validation_metrics
@@ -50,17 +51,14 @@ HISTORY_FILE = "history.csv"  # per-epoch training losses (dvc plots)
 VAL_HISTORY_FILE = "val_history.csv"  # validation scores at the epochs they were computed (dvc plots)
 
 
-def write_history(history: list[dict[str, float]], val_history: list[dict], folder: Path) -> int:
+def write_history(history: list[dict[str, float]], val_history: list[dict], folder: Path) -> None:
     """Training curves as CSV files DVC renders with ``dvc plots show/diff``."""
-    import csv
-
     for name, rows in ((HISTORY_FILE, [{"epoch": i + 1, **row} for i, row in enumerate(history)]), (VAL_HISTORY_FILE, val_history)):
         with open(folder / name, "w", newline="") as handle:
             if rows:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
-    return len(history)
 
 
 def fixed_sample_labels(n: int, n_classes: int) -> np.ndarray:
@@ -108,7 +106,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
 
     if resume_run_id is None:
         BEST_PATH.unlink(missing_ok=True)  # a best model of an earlier, different run
-    upstream = {"upstream_run_id": tuned.get("mlflow_run_id", ""), "upstream_stage": "tune"}
+    upstream = upstream_tags("tune", tuned)
     tuned_params = {f"tuned.{k}": v for k, v in tuned.get("params", {}).items()}
     with stage_run("train", cfg, upstream, resume_run_id=resume_run_id, extra_params=tuned_params) as run_info:
         run_id = run_info.info.run_id

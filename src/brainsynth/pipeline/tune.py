@@ -42,7 +42,7 @@ from brainsynth import engine, inference, losses, metrics, nets, tracking, valid
 from brainsynth.config import Config, SearchDimension, validate
 from brainsynth.data import prepared
 from brainsynth.engine import DivergenceError, Trainer
-from brainsynth.pipeline.common import LOG_DIR, StageError, stage_run, write_json_atomic, write_metrics
+from brainsynth.pipeline.common import LOG_DIR, NOISY_LOGGERS, StageError, stage_run, upstream_tags, write_json_atomic, write_metrics
 from brainsynth.validation import validation_metrics
 from brainsynth.viz import labelled_grid
 
@@ -281,7 +281,7 @@ def worker_main(raw_cfg: dict, name: str, parent_run_id: str, index: int, tracki
         h.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s worker {index}: %(message)s", "%H:%M:%S"))
         logging.getLogger().addHandler(h)
     logging.getLogger().setLevel(logging.INFO)
-    for noisy in ("alembic", "mlflow", "optuna", "matplotlib", "PIL", "urllib3", "git"):
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     import torch
@@ -330,7 +330,7 @@ def run_workers(cfg: Config, name: str, parent_run_id: str, stream: int) -> None
 
 def run(cfg: Config, log: logging.Logger) -> None:
     data = prepared.load("data/prepared")
-    upstream = {"upstream_run_id": data.meta.get("mlflow_run_id", ""), "upstream_stage": "prepare"}
+    upstream = upstream_tags("prepare", data.meta)
     started = time.perf_counter()
     enabled = cfg.tune.enabled and cfg.tune.n_trials > 0 and bool(cfg.tune.search_space)
     study, resume_run_id = None, None
