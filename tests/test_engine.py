@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from brainsynth.checkpoint import CheckpointError, load_safe, save_atomic
-from brainsynth.engine import DivergenceError, Trainer
+from brainsynth.engine import LOSS_NAMES, DivergenceError, Trainer
 
 
 def _weights(trainer):
@@ -18,7 +18,7 @@ def test_training_steps_lower_reconstruction_loss_on_a_fixed_batch(tiny_cfg, tin
     x, y = trainer._batch(torch.arange(8))
 
     def rec_loss():
-        acc = torch.zeros(7)
+        acc = torch.zeros(len(LOSS_NAMES))
         trainer._train_step(x, y, 1.0, False, acc)
         return acc[1].item()
 
@@ -32,6 +32,7 @@ def test_training_steps_lower_reconstruction_loss_on_a_fixed_batch(tiny_cfg, tin
     {},
     {"loss.feature_weight": 0.5, "optim.n_critic": 2, "model.conditional": False},
     {"loss.gan": "hinge", "model.critic_mbstd_group": 0, "model.upsample": "nearest"},
+    {"loss.class_weight": 0.5},
 ])
 def test_adversarial_epoch_runs_and_reports_all_losses(tiny_cfg, tiny_images, overrides):
     images, labels = tiny_images
@@ -42,13 +43,18 @@ def test_adversarial_epoch_runs_and_reports_all_losses(tiny_cfg, tiny_images, ov
     assert stats.losses["critic"] != 0 and stats.losses["adv_g"] != 0
     if trainer.cfg.loss.gan == "wgan-gp":
         assert stats.losses["gp"] > 0
+    with_classifier = trainer.cfg.loss.class_weight > 0
+    assert (trainer.model.classifier is not None) == with_classifier
+    assert (stats.losses["cls_g"] > 0) == with_classifier and (stats.losses["cls_real"] > 0) == with_classifier
     samples = trainer.sample(np.array([0, 1, 2]), seed=1)
     assert samples.shape == (3, 32, 32) and samples.dtype == np.uint8
     assert np.array_equal(samples, trainer.sample(np.array([0, 1, 2]), seed=1))
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run(tiny_cfg, tiny_images, tmp_path):
+@pytest.mark.parametrize("overrides", [{}, {"loss.class_weight": 0.5}])
+def test_resume_after_interrupt_matches_uninterrupted_run(tiny_cfg, tiny_images, tmp_path, overrides):
     images, labels = tiny_images
+    tiny_cfg = tiny_cfg.with_overrides(overrides)
     straight = Trainer(tiny_cfg, images, labels, 3, torch.device("cpu"))
     straight.train_epoch()
     straight.train_epoch()

@@ -4,7 +4,7 @@ from torch import nn
 
 from brainsynth import losses
 from brainsynth.config import ModelConfig
-from brainsynth.nets import CBAM, ChannelAttention, Critic, Decoder, Encoder, MinibatchStd, ResBlock, SelfAttention, SpatialAttention
+from brainsynth.nets import CBAM, ChannelAttention, Critic, Decoder, Encoder, MinibatchStd, ResBlock, SelfAttention, SliceClassifier, SpatialAttention
 
 
 @pytest.mark.parametrize("block", [ChannelAttention(16, 4), SpatialAttention(), CBAM(16, 4), SelfAttention(16)])
@@ -49,6 +49,19 @@ def test_encoder_decoder_critic_shapes_and_gradients(size, n_classes):
         assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+def test_slice_classifier_judges_each_image_on_its_own():
+    """The auxiliary classifier also judges batches of generated images: an image's logits must not
+    depend on what else is in the batch (no BatchNorm), and gradients must reach the input."""
+    classifier = SliceClassifier(3, width=4)
+    x = (torch.rand(6, 1, 32, 32) * 2 - 1).requires_grad_(True)
+    logits = classifier(x)
+    assert logits.shape == (6, 3)
+    assert torch.allclose(classifier(x[:1]), logits[:1], atol=1e-5)  # alone
+    assert torch.allclose(classifier(torch.cat([x[:1], -x[1:]]))[:1], logits[:1], atol=1e-5)  # other companions
+    logits[:, 0].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
 def test_critic_is_a_raw_wasserstein_score():
     cfg = ModelConfig(latent_dim=8, base_channels=8, max_channels=32)
     critic = Critic(cfg, 32, 0)
@@ -88,3 +101,22 @@ def test_minibatch_std_reports_diversity_per_group():
     assert out_same.shape == (8, 4, 4, 4)
     assert out_same[:, 3].abs().max() < 1e-3  # identical samples: no spread
     assert out_varied[:, 3].min() > 0.3
+
+
+def test_one_critic_call_judges_several_sets_like_separate_calls():
+    """The engine scores real images, reconstructions and prior samples in one critic call; with
+    set_sizes the minibatch-stddev groups stay inside each set, so a collapsed set is still seen
+    as collapsed next to a diverse one, exactly as in separate calls."""
+    cfg = ModelConfig(latent_dim=8, base_channels=8, max_channels=32, self_attention_res=[8], critic_mbstd_group=4)
+    critic = Critic(cfg, 32, 3).eval()
+    diverse = torch.rand(6, 1, 32, 32) * 2 - 1
+    collapsed = (torch.rand(1, 1, 32, 32) * 2 - 1).expand(2, 1, 32, 32)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    with torch.no_grad():
+        together = critic(torch.cat([diverse, collapsed]), labels, set_sizes=(6, 2))
+        apart = torch.cat([critic(diverse, labels[:6]), critic(collapsed, labels[6:])])
+        mixed = critic(torch.cat([diverse, collapsed]), labels)  # one set of 8: a group of 4 straddles both
+    assert torch.allclose(together, apart, atol=1e-5)
+    assert not torch.allclose(together[6:], mixed[6:], atol=1e-3)
+    with pytest.raises(ValueError, match="set_sizes"):
+        critic(diverse, labels[:6], set_sizes=(4, 1))

@@ -132,7 +132,7 @@ def test_metrics_files_and_keys(pipeline):
         assert (work / "metrics" / f"{stage}.json").is_file()
     evaluation = json.loads((work / "metrics" / "evaluate.json").read_text())
     for key in ("recon_psnr", "recon_ssim", "ms_ssim_samples", "ms_ssim_real", "swd", "nn_ratio", "memorization_rate",
-                "tstr_accuracy", "trtr_accuracy"):
+                "tstr_accuracy", "trtr_accuracy", "gan_test_accuracy", "recon_class_accuracy", "real_class_accuracy"):
         assert isinstance(evaluation[key], float), key
     assert json.loads((work / "metrics" / "generate.json").read_text())["enabled"] == 0  # export off by default
     prepare = json.loads((work / "metrics" / "prepare.json").read_text())

@@ -101,6 +101,7 @@ class ModelConfig(_Section):
     conditional: bool = True
     critic_mbstd_group: int = Field(4, ge=0, le=64)
     upsample: Literal["nearest", "bilinear"] = "bilinear"
+    classifier_width: int = Field(8, ge=2, le=256)
     logvar_min: float = -8.0
     logvar_max: float = 4.0
 
@@ -126,6 +127,7 @@ class LossConfig(_Section):
     gp_every: int = Field(1, ge=1)
     drift_weight: float = Field(0.001, ge=0.0)
     feature_weight: float = Field(0.0, ge=0.0)
+    class_weight: float = Field(0.0, ge=0.0)
     instance_noise: float = Field(0.0, ge=0.0, le=1.0)
 
 
@@ -138,6 +140,7 @@ class OptimConfig(_Section):
     n_critic: int = Field(1, ge=1, le=10)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     grad_clip: float = Field(0.0, ge=0.0)
+    lr_classifier: float = Field(2e-3, gt=0.0, le=1.0)
 
 
 class TrainConfig(_Section):

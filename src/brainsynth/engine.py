@@ -18,15 +18,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from brainsynth import losses
 from brainsynth.checkpoint import load_safe, save_atomic
 from brainsynth.config import Config
 from brainsynth.inference import reconstruct_images, sample_images, to_unit
-from brainsynth.nets import Critic, Decoder, Encoder
+from brainsynth.nets import Critic, Decoder, Encoder, SliceClassifier
 
-LOSS_NAMES = ("loss_g", "rec", "kl", "adv_g", "critic", "gp", "w_distance")
+# Per-step quantities accumulated on the device: generator side, then critic, then classifier.
+# cls_g: the auxiliary classifier's cross-entropy on prior samples (against the class they were
+# drawn for); cls_real: its cross-entropy on real training images (how well it has learnt).
+LOSS_NAMES = ("loss_g", "rec", "kl", "adv_g", "cls_g", "critic", "gp", "w_distance", "cls_real")
+_CRITIC_SLOTS = slice(5, 8)
 
 
 class DivergenceError(RuntimeError):
@@ -42,7 +47,8 @@ def resolve_device(choice: str) -> torch.device:
 
 
 class VAEGAN(nn.Module):
-    """Encoder + decoder/generator + critic, with an EMA copy of encoder and decoder for sampling."""
+    """Encoder + decoder/generator + critic, with an EMA copy of encoder and decoder for sampling,
+    and (``loss.class_weight`` > 0 with labels) the auxiliary classifier."""
 
     def __init__(self, cfg: Config, image_size: int, n_classes: int):
         super().__init__()
@@ -52,6 +58,8 @@ class VAEGAN(nn.Module):
         self.critic = Critic(cfg.model, image_size, self.n_classes, spectral=cfg.loss.gan == "hinge")
         self.ema_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.ema_decoder = copy.deepcopy(self.decoder).requires_grad_(False)
+        use_classifier = self.n_classes > 0 and cfg.loss.class_weight > 0
+        self.classifier = SliceClassifier(self.n_classes, cfg.model.classifier_width) if use_classifier else None
 
     def generator_parameters(self):
         return list(self.encoder.parameters()) + list(self.decoder.parameters())
@@ -94,6 +102,9 @@ class Trainer:
         fused = {"fused": True} if self.cuda else {}
         self.opt_g = torch.optim.Adam(self.model.generator_parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), **fused)
         self.opt_d = torch.optim.Adam(self.model.critic.parameters(), lr=opt.lr_critic, betas=(opt.critic_beta1, opt.beta2), **fused)
+        self.opt_c = None
+        if self.model.classifier is not None:
+            self.opt_c = torch.optim.Adam(self.model.classifier.parameters(), lr=opt.lr_classifier, betas=(opt.beta1, opt.beta2), **fused)
         self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cuda and cfg.train.bf16)
 
         # Compiled views share parameters with the eager modules. The critic stays eager: the
@@ -154,9 +165,13 @@ class Trainer:
         cfg = self.cfg.loss
         yc = self._labels_or_none(y)
         x, fake = self._noisy(x), self._noisy(fake)
+        b = x.shape[0]
         with torch.autocast(**self.autocast):
-            d_real = self.score(x, yc).float()
-            d_fake = self._score_fakes(fake, fake_labels, x.shape[0])
+            # Real images, reconstructions and prior samples in one call (one launch sequence on a
+            # GPU instead of three); minibatch statistics stay per set.
+            scores = self.score(torch.cat([x, fake]), self._labels_or_none(torch.cat([y, fake_labels])),
+                                set_sizes=(b, *self._fake_sets(fake, b))).float()
+        d_real, d_fake = scores[:b], scores[b:]
         if cfg.gan == "wgan-gp":
             loss = losses.critic_wasserstein(d_real, d_fake, cfg.drift_weight)
         else:
@@ -166,25 +181,30 @@ class Trainer:
             # Pair every real image with a fake: prior samples first, then reconstructions. The
             # interpolates are judged under the real image's class, since the penalty constrains
             # the critic's input gradient around each real sample.
-            b = x.shape[0]
             pool = torch.cat([fake[b:], fake[: b]])[:b]
             gp = losses.gradient_penalty(self.model.critic, x, pool, yc)
             loss = loss + cfg.gp_weight * cfg.gp_every * gp  # lazy regularisation keeps its average strength
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d.step()
-        acc[4] += loss.detach()
-        acc[5] += gp.detach()
-        acc[6] += (d_real.mean() - d_fake.mean()).detach()
+        acc[5] += loss.detach()
+        acc[6] += gp.detach()
+        acc[7] += (d_real.mean() - d_fake.mean()).detach()
 
-    def _score_fakes(self, fake: torch.Tensor, labels: torch.Tensor, n_recon: int) -> torch.Tensor:
-        """Critic scores of reconstructions and prior samples, scored in separate calls so that the
-        minibatch-stddev feature sees each set alone (mixed groups would let diverse
-        reconstructions hide collapsed prior samples). (B [+ B/2], 1, S, S) → (B [+ B/2],)"""
-        parts = [self.score(fake[:n_recon], self._labels_or_none(labels[:n_recon])).float()]
-        if fake.shape[0] > n_recon:
-            parts.append(self.score(fake[n_recon:], self._labels_or_none(labels[n_recon:])).float())
-        return torch.cat(parts)
+    def _classifier_step(self, x: torch.Tensor, y: torch.Tensor, acc: torch.Tensor) -> None:
+        """One update of the auxiliary classifier on the real batch (clean images, real labels)."""
+        with torch.autocast(**self.autocast):
+            logits = self.model.classifier(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.opt_c.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_c.step()
+        acc[8] += loss.detach()
+
+    @staticmethod
+    def _fake_sets(fake: torch.Tensor, n_recon: int) -> tuple[int, ...]:
+        """Set sizes of decoded images: n_recon reconstructions [, then the prior samples]."""
+        return (n_recon, fake.shape[0] - n_recon) if fake.shape[0] > n_recon else (n_recon,)
 
     def _noisy(self, images: torch.Tensor) -> torch.Tensor:
         """Instance noise (Sønderby et al. 2016) on everything the critic sees: real MRI carries
@@ -194,20 +214,27 @@ class Trainer:
         return images + sigma * torch.randn_like(images) if sigma > 0 else images
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, kl_scale: float, adversarial: bool, acc: torch.Tensor) -> None:
-        """n_critic critic updates, then one encoder/decoder update. The last critic update reuses
-        the generator's own forward pass (detached), so n_critic = 1 costs no extra decoding."""
+        """n_critic critic updates and one classifier update, then one encoder/decoder update. The
+        last critic update reuses the generator's own forward pass (detached), so n_critic = 1
+        costs no extra decoding."""
         cfg = self.cfg.loss
         model = self.model
+        # The class term starts with the adversarial one, after the classifier has had the first
+        # epoch(s) of real images to learn from.
+        class_term = model.classifier is not None and self.epoch >= cfg.adv_start_epoch
+        if model.classifier is not None:
+            self._classifier_step(x, y, acc)
         if adversarial:
             for _ in range(self.cfg.optim.n_critic - 1):
                 with torch.no_grad(), torch.autocast(**self.autocast):
                     _, _, fake, fake_labels = self._forward(x, y, with_prior=True)
                 self._critic_step(x, y, fake, fake_labels, acc)
         with torch.autocast(**self.autocast):
-            mu, logvar, decoded, decoded_labels = self._forward(x, y, with_prior=adversarial)
+            mu, logvar, decoded, decoded_labels = self._forward(x, y, with_prior=adversarial or class_term)
         if adversarial:
             self._critic_step(x, y, decoded.detach(), decoded_labels, acc)
-        recon = decoded[: x.shape[0]]
+        b = x.shape[0]
+        recon = decoded[:b]
         rec = losses.reconstruction(recon.float(), x, cfg.recon)
         kl = losses.kl_divergence(mu, logvar) / (x.shape[-1] * x.shape[-2])  # per pixel, like the recon term
         loss = cfg.recon_weight * rec + cfg.kl_weight * kl_scale * kl
@@ -215,21 +242,26 @@ class Trainer:
         if adversarial:
             model.critic.requires_grad_(False)  # the generator step must not accumulate critic grads
             with torch.autocast(**self.autocast):
+                scores, feats = self.score(self._noisy(decoded), self._labels_or_none(decoded_labels), features=True,
+                                           set_sizes=self._fake_sets(decoded, b))
                 if cfg.feature_weight > 0:
-                    b = x.shape[0]
-                    scores, feats = self.score(self._noisy(decoded[:b]), self._labels_or_none(decoded_labels[:b]), features=True)
                     with torch.no_grad():
                         _, real_feats = self.score(self._noisy(x), self._labels_or_none(y), features=True)
-                    feature_rec = (feats[: x.shape[0]].float() - real_feats.float()).abs().mean()
+                    feature_rec = (feats[:b].float() - real_feats.float()).abs().mean()
                     loss = loss + cfg.feature_weight * feature_rec
-                    if decoded.shape[0] > b:
-                        prior_scores = self.score(self._noisy(decoded[b:]), self._labels_or_none(decoded_labels[b:]))
-                        scores = torch.cat([scores.float(), prior_scores.float()])
-                else:
-                    scores = self._score_fakes(self._noisy(decoded), decoded_labels, x.shape[0])
             adv = losses.generator_adversarial(scores.float())
             loss = loss + cfg.adv_weight * adv
             model.critic.requires_grad_(True)
+        cls_g = torch.zeros((), device=self.device)
+        if class_term:
+            # Prior samples must be recognisable as the class they were drawn for. The classifier's
+            # own parameters are frozen here: it learns from real images only.
+            model.classifier.requires_grad_(False)
+            with torch.autocast(**self.autocast):
+                logits = model.classifier(decoded[b:])
+            cls_g = F.cross_entropy(logits.float(), decoded_labels[b:])
+            loss = loss + cfg.class_weight * cls_g
+            model.classifier.requires_grad_(True)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.optim.grad_clip > 0:
@@ -240,6 +272,7 @@ class Trainer:
         acc[1] += rec.detach()
         acc[2] += kl.detach()
         acc[3] += adv.detach()
+        acc[4] += cls_g.detach()
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -269,7 +302,8 @@ class Trainer:
         order = torch.randperm(len(self.images), generator=self.shuffle).to(self.device)
         acc = torch.zeros(len(LOSS_NAMES), device=self.device)
         window = torch.zeros(len(LOSS_NAMES), device=self.device)
-        counts = torch.tensor([1.0, 1, 1, 1, self.cfg.optim.n_critic, self.cfg.optim.n_critic, self.cfg.optim.n_critic], device=self.device)
+        counts = torch.ones(len(LOSS_NAMES), device=self.device)
+        counts[_CRITIC_SLOTS] = self.cfg.optim.n_critic  # critic quantities are summed over n_critic updates
         for index in range(self.steps_per_epoch):
             x, y = self._batch(order[index * self.batch_size : (index + 1) * self.batch_size])
             step_acc = torch.zeros(len(LOSS_NAMES), device=self.device)
@@ -293,6 +327,20 @@ class Trainer:
         """Prior samples from the EMA decoder: (N, S, S) uint8, deterministic per seed."""
         return sample_images(self.model.ema_decoder, labels, seed, self.model.n_classes > 0, self.device, self.cfg.train.bf16)
 
+    @torch.no_grad()
+    def classify(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
+        """Classes (N,) int64 the auxiliary classifier assigns to (N, S, S) uint8 images."""
+        classifier = self.model.classifier
+        was_training = classifier.training
+        classifier.eval()
+        predictions = []
+        for start in range(0, len(images), batch):
+            x = to_unit(torch.from_numpy(np.ascontiguousarray(images[start : start + batch])).unsqueeze(1).to(self.device))
+            with torch.autocast(**self.autocast):
+                predictions.append(classifier(x).argmax(dim=1).cpu())
+        classifier.train(was_training)
+        return torch.cat(predictions).numpy()
+
     def reconstruct(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Posterior-mean reconstructions with the EMA encoder/decoder: (N, S, S) uint8."""
         return reconstruct_images(self.model.ema_encoder, self.model.ema_decoder, images, labels, self.model.n_classes > 0, self.device, self.cfg.train.bf16)
@@ -303,6 +351,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
+            "opt_c": self.opt_c.state_dict() if self.opt_c is not None else None,
             "epoch": self.epoch,
             "step": self.step,
             "history": self.history,
@@ -319,6 +368,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        if self.opt_c is not None:
+            self.opt_c.load_state_dict(state["opt_c"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history = list(state["history"])
         torch.set_rng_state(state["rng_torch"])

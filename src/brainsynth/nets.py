@@ -92,24 +92,58 @@ class SelfAttention(nn.Module):
         return x + self.gate * self.out(attended)
 
 
+class SliceClassifier(nn.Module):
+    """Auxiliary classifier for class-consistent generation (the AC-GAN idea, Odena et al. 2017,
+    as a separate network): trained on real slices, it tells the decoder when a prior sample does
+    not look like the class it was drawn for. Four stages of two 3×3 conv + GroupNorm + SiLU, then
+    2× max-pool; global average pool; linear.
+
+    GroupNorm, not BatchNorm: it also judges batches of generated images, whose batch statistics
+    must not decide the verdict. A separate network rather than a head on the critic: a class head
+    on the (unnormalised, noise-fed, gradient-penalised) critic stayed at chance on the embedded
+    cohort (cross-entropy = the class-prior entropy after 9 epochs).
+
+    (B, 1, S, S) → (B, K) logits
+    """
+
+    def __init__(self, n_classes: int, width: int = 8):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 1
+        for out in (width, 2 * width, 4 * width, 8 * width):
+            for _ in range(2):
+                layers += [nn.Conv2d(channels, out, 3, padding=1), nn.GroupNorm(_groups(out), out), nn.SiLU()]
+                channels = out
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
 class MinibatchStd(nn.Module):
     """ProGAN minibatch standard deviation: appends one feature map holding the mean std of the
-    features across groups of ``group`` samples, so the critic can see a lack of diversity
-    (mode collapse) that no single-sample score reveals.
+    features across groups of ``group`` consecutive samples, so the critic can see a lack of
+    diversity (mode collapse) that no single-sample score reveals.
 
-    (B, C, H, W) → (B, C + 1, H, W); B must be divisible by the group size actually used.
+    ``set_sizes`` says how the batch is made of sets judged in one call (real images,
+    reconstructions, prior samples): the group size is reduced to divide every set, so no group
+    mixes two sets (diverse reconstructions must not hide collapsed prior samples).
+
+    (B, C, H, W) → (B, C + 1, H, W)
     """
 
     def __init__(self, group: int = 4):
         super().__init__()
         self.group = group
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, set_sizes: tuple[int, ...] | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
-        group = math.gcd(self.group, b)
-        y = x.float().view(group, -1, c, h, w)
-        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (B/group,)
-        feature = std.repeat(group).view(b, 1, 1, 1).expand(b, 1, h, w).to(x.dtype)
+        group = math.gcd(self.group, *(set_sizes or (b,)))
+        y = x.float().view(-1, group, c, h, w)
+        std = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (B/group,)
+        feature = std.repeat_interleave(group).view(b, 1, 1, 1).expand(b, 1, h, w).to(x.dtype)
         return torch.cat([x, feature], dim=1)
 
 
@@ -249,7 +283,12 @@ class Critic(nn.Module):
         self.linear = wrap(nn.Linear(chans[-1], 1))
         self.embed = wrap(nn.Embedding(n_classes, chans[-1])) if n_classes else None
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, features: bool = False):
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, features: bool = False,
+                set_sizes: tuple[int, ...] | None = None):
+        """``set_sizes``: sizes of the consecutive sets that make up the batch (default: one set),
+        so that one call can judge several sets with per-set minibatch statistics."""
+        if set_sizes is not None and sum(set_sizes) != x.shape[0]:
+            raise ValueError(f"set_sizes {set_sizes} do not add up to the batch size {x.shape[0]}")
         h = self.stem(x)
         mid = h
         for index, block in enumerate(self.blocks):
@@ -257,7 +296,7 @@ class Critic(nn.Module):
             if index == self.feature_index:
                 mid = h
         if self.mbstd is not None:
-            h = self.mbstd(h)
+            h = self.mbstd(h, set_sizes)
         pooled = self.act(self.final(self.act(h))).sum(dim=(2, 3))  # (B, C)
         score = self.linear(pooled).squeeze(1)
         if self.embed is not None:

@@ -8,6 +8,11 @@ objective (``tune.objective``, lower is better):
 * ``recon_mae``: mean absolute reconstruction error in grey levels (0–255) on validation images.
 The VAE loss alone is not used: a blurry VAE minimises it while producing unrealistic samples.
 Lower is better.
+
+With the auxiliary classifier (``loss.class_weight`` > 0) two diagnostics are added (not part of
+the objective): ``val_classifier_accuracy`` (the classifier on real validation images) and
+``val_sample_class_accuracy`` (the share of prior samples it assigns to the class they were drawn
+for) — the second cannot mean much before the first is well above chance.
 """
 
 from __future__ import annotations
@@ -30,4 +35,8 @@ def validation_metrics(trainer, images: np.ndarray, labels: np.ndarray, n_images
     swd = metrics.swd(real, samples, seed, patches_per_image=64, directions=256)["swd"]
     mae = float(np.abs(recon.astype(np.float32) - real.astype(np.float32)).mean())
     value = {"swd_recon": swd + recon_weight * mae, "swd": swd, "recon_mae": mae}[objective]
-    return {"val_swd": swd, "val_recon_mae": mae, "val_objective": value}
+    scores = {"val_swd": swd, "val_recon_mae": mae, "val_objective": value}
+    if trainer.model.classifier is not None:
+        scores["val_classifier_accuracy"] = float((trainer.classify(real) == real_labels).mean())
+        scores["val_sample_class_accuracy"] = float((trainer.classify(samples) == real_labels).mean())
+    return scores

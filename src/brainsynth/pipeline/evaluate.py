@@ -10,7 +10,10 @@
   distance; ≈ 1 is healthy, ≪ 1 means copies) and ``memorization_rate`` (share of samples closer to
   a training image than the 1st percentile of test→train distances; ≈ 0.01 for new real images).
 * downstream utility: ``tstr_accuracy`` (classifier trained on synthetic images only) vs
-  ``trtr_accuracy`` (trained on real training images), both tested on the real test split.
+  ``trtr_accuracy`` (trained on real training images), both tested on the real test split; the
+  real-trained classifier then grades samples (``gan_test_accuracy``: share assigned to the class
+  they were drawn for) and reconstructions (``recon_class_accuracy``) against
+  ``real_class_accuracy`` on the same real test images.
 * ``fid`` / ``kid`` only when Inception weights are already on disk (never downloaded).
 Per-class values carry the class name as a suffix.
 """
@@ -32,7 +35,7 @@ from brainsynth.inference import SynthModel
 from brainsynth.pipeline.common import atomic_dir, read_json, stage_run, upstream_tags, write_metrics
 from brainsynth.pipeline.train import MODEL_FILE
 from brainsynth.pipeline.train import OUT_DIR as TRAIN_DIR
-from brainsynth.utility import classifier_accuracy
+from brainsynth.utility import accuracy, train_classifier
 from brainsynth.viz import labelled_grid
 
 OUT_DIR = Path("reports/evaluate")
@@ -78,9 +81,13 @@ def run(cfg: Config, log: logging.Logger) -> None:
             pick_train = np.sort(rng.choice(len(train_images), m, replace=False))
             real_x, real_y = train_images[pick_train], train_labels[pick_train]
             synthetic_x = model.sample(real_y, cfg.seed + 3)  # the real training set's class mix
-            for name, images in (("trtr", real_x), ("tstr", synthetic_x)):
-                results[f"{name}_accuracy"] = classifier_accuracy(images, real_y, test_images, test_labels, len(data.class_names),
-                                                                  ev.utility_epochs, cfg.seed, model.device)
+            classifiers = {name: train_classifier(images, real_y, len(data.class_names), ev.utility_epochs, cfg.seed, model.device)
+                           for name, images in (("trtr", real_x), ("tstr", synthetic_x))}
+            for name, classifier in classifiers.items():
+                results[f"{name}_accuracy"] = accuracy(classifier, test_images, test_labels)
+            results["gan_test_accuracy"] = accuracy(classifiers["trtr"], samples, real_labels)
+            results["recon_class_accuracy"] = accuracy(classifiers["trtr"], recon, real_labels)
+            results["real_class_accuracy"] = accuracy(classifiers["trtr"], real, real_labels)
             results["chance_accuracy"] = float(np.bincount(test_labels).max() / len(test_labels))
         else:
             notes["utility"] = "skipped: needs class labels (more than one class)" if len(data.class_names) <= 1 else "skipped: evaluate.utility_epochs = 0"
