@@ -140,3 +140,26 @@ def test_unusable_storage_is_a_one_line_error(workdir, capsys):
     error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "tune.storage 'nosuchdb://user@host/optuna'" in error[0]
     assert load(workdir / "params.yaml").tune.storage.startswith("nosuchdb")
+
+
+def test_tuned_values_replace_params_yaml_only_by_a_clear_margin():
+    """A trial that beats the params.yaml trial by less than tune.min_improvement (noise on a
+    2-epoch objective) must not replace the committed values; a clear winner does."""
+    from brainsynth.pipeline.tune import chosen_trial
+
+    dist = {"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-3, log=True)}
+    baseline = {"optim.lr": 5e-4}
+
+    def study_with(values):
+        study = optuna.create_study(direction="minimize")
+        for lr, value in values:
+            study.add_trial(optuna.trial.create_trial(params={"optim.lr": lr}, distributions=dist, value=value))
+        return study
+
+    close = study_with([(5e-4, 159.4), (3.6e-4, 148.1), (2e-4, 192.2)])  # 7 % better: noise
+    assert chosen_trial(close, baseline, 0.1).params == baseline
+    assert chosen_trial(close, baseline, 0.0).params == {"optim.lr": 3.6e-4}
+    clear = study_with([(5e-4, 159.4), (3.6e-4, 120.0)])
+    assert chosen_trial(clear, baseline, 0.1).params == {"optim.lr": 3.6e-4}
+    no_baseline = study_with([(3.6e-4, 148.1), (2e-4, 150.0)])
+    assert chosen_trial(no_baseline, baseline, 0.1).number == 0

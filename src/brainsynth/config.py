@@ -188,6 +188,7 @@ class TuneConfig(_Section):
     pruner: Literal["median", "hyperband", "none"] = "median"
     n_workers: int = Field(1, ge=1, le=64)
     storage: str = ""
+    min_improvement: float = Field(0.1, ge=0.0, lt=1.0)
     search_space: dict[str, SearchDimension] = {}
 
 

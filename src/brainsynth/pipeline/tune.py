@@ -13,8 +13,9 @@
 * MLflow: one parent run per study (re-opened when the study resumes), a nested run per trial with its
   params, per-epoch objective, final Optuna state and a sample grid; the parent logs the best
   params/value and Optuna's history, importance, parallel-coordinate and timeline plots.
-* The first trial of a new study uses the params.yaml values, so the tuned values replace them only
-  when a trial scores better.
+* The first trial of a new study uses the params.yaml values, and the tuned values replace them only
+  when the best trial beats that trial by ``tune.min_improvement`` (relative): the short-horizon
+  objective is noisy, and a trial that wins by noise can train a much worse final model.
 * ``tune.enabled: false`` or ``tune.n_trials: 0`` writes empty best parameters: train uses params.yaml.
 """
 
@@ -51,7 +52,7 @@ BEST_FILE = "best_params.json"
 JOURNAL_FILE = "study.journal"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that do not change what a trial computes: changing them continues the same study.
-_NOT_IN_STUDY_KEY = ("tune.n_trials", "tune.n_workers", "tune.storage", "mlflow.", "evaluate.", "train.epochs",
+_NOT_IN_STUDY_KEY = ("tune.n_trials", "tune.n_workers", "tune.storage", "tune.min_improvement", "mlflow.", "evaluate.", "train.epochs",
                      "train.sample_every", "train.log_every", "train.n_sample_images")
 _TRIAL_CODE = (engine, nets, losses, validation, metrics, inference)
 
@@ -155,6 +156,17 @@ def suggest(trial: optuna.Trial, name: str, dim: SearchDimension):
     if dim.type == "int":
         return trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log)
     return trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+
+
+def chosen_trial(study: optuna.Study, baseline: dict, min_improvement: float) -> optuna.trial.FrozenTrial:
+    """The trial whose params train uses: the best one, unless the completed trial that ran the
+    params.yaml values (``baseline``) is within ``min_improvement`` (relative, of its objective) of
+    it — then that one. Objectives are minimised distances/errors (>= 0)."""
+    best = study.best_trial
+    reference = next((t for t in study.trials if t.state == TrialState.COMPLETE and t.params == baseline), None)
+    if reference is None or reference.number == best.number:
+        return best
+    return best if best.value < reference.value * (1.0 - min_improvement) else reference
 
 
 def baseline_params(cfg: Config, space: dict[str, SearchDimension]) -> dict:
@@ -376,9 +388,14 @@ def run(cfg: Config, log: logging.Logger) -> None:
             summary = {k: counts[k] for k in summary}
             if counts["n_complete"]:
                 best = study.best_trial
-                result.update(params=_decoded(best.params, cfg), value=best.value, trial=best.number)
+                chosen = chosen_trial(study, baseline_params(cfg, search_space(cfg, quiet=True)), cfg.tune.min_improvement)
+                if chosen.number != best.number:
+                    log.info("best trial %d (%.4g) beats the params.yaml trial %d (%.4g) by less than tune.min_improvement = %g: "
+                             "train keeps the params.yaml values", best.number, best.value, chosen.number, chosen.value,
+                             cfg.tune.min_improvement)
+                result.update(params=_decoded(chosen.params, cfg), value=chosen.value, trial=chosen.number)
                 mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
-                mlflow.log_metric("best_value", best.value)
+                mlflow.log_metrics({"best_value": best.value, "chosen_trial": chosen.number})
                 log_study_plots(study, log)
             else:
                 log.warning("no trial completed: train uses params.yaml as written")
