@@ -78,8 +78,3 @@ def accuracy(model: SmallClassifier, images: np.ndarray, labels: np.ndarray) -> 
         correct += int((model(x).argmax(dim=1).cpu().numpy() == labels[start : start + 256]).sum())
     return correct / max(1, len(images))
 
-
-def classifier_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, n_classes: int,
-                        epochs: int, seed: int, device: torch.device, batch: int = 64, lr: float = 1e-3) -> float:
-    """Train SmallClassifier on (train_x, train_y) uint8 (N, S, S); accuracy on (test_x, test_y)."""
-    return accuracy(train_classifier(train_x, train_y, n_classes, epochs, seed, device, batch, lr), test_x, test_y)
