@@ -27,9 +27,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from brainsynth.config import Config, EmbeddedDataConfig
+from brainsynth.config import Config, load
 from brainsynth.data.embedded import build_cohort
-from brainsynth.engine import LOSS_NAMES, Trainer
+from brainsynth.engine import LossMeter, Trainer
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets.
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "L40S": 362e12}
@@ -52,24 +54,25 @@ class PngSlices(Dataset):
 
 def bench_engine(cfg: Config, images, labels, device, steps: int, warmup: int) -> float:
     trainer = Trainer(cfg, images, labels, 3, device)
-    trainer.epoch = cfg.loss.adv_start_epoch  # measure the adversarial (full) step
-    acc = torch.zeros(len(LOSS_NAMES), device=device)
+    progress = max(1.0, cfg.loss.adv_start_epoch, cfg.loss.kl_warmup_epochs)  # measure the adversarial (full) step
     order = torch.randperm(len(images)).to(device)
+    window = LossMeter()
 
     def run(n: int) -> None:
+        nonlocal window
         for i in range(n):
             start = (i * trainer.batch_size) % (len(images) - trainer.batch_size + 1)
-            x, y = trainer._batch(order[start : start + trainer.batch_size])
-            trainer._train_step(x, y, 1.0, True, acc)
-            trainer.step += 1
+            x, y = trainer.batch(order[start : start + trainer.batch_size])
+            window.merge(trainer.train_step(x, y, progress))
             if trainer.step % cfg.train.log_every == 0:
-                acc.tolist()
+                window.means()
+                window = LossMeter()
 
     run(warmup)
     _sync(device)
     t0 = time.perf_counter()
     run(steps)
-    acc.tolist()
+    window.means()
     _sync(device)
     return steps * trainer.batch_size / (time.perf_counter() - t0)
 
@@ -81,17 +84,15 @@ def bench_seed_style(cfg: Config, files, labels, device, steps: int, warmup: int
     trainer = Trainer(eager, placeholder, np.zeros(cfg.train.batch_size, np.int64), 3, device)
     trainer.memory_format = torch.contiguous_format
     trainer.model.to(memory_format=torch.contiguous_format)
-    trainer.epoch = cfg.loss.adv_start_epoch
+    progress = max(1.0, cfg.loss.adv_start_epoch, cfg.loss.kl_warmup_epochs)
     loader = DataLoader(PngSlices(files, labels), batch_size=cfg.train.batch_size, shuffle=True, drop_last=True, num_workers=0)
 
     def run(n: int) -> None:
         done = 0
         while done < n:
             for x, y in loader:
-                acc = torch.zeros(len(LOSS_NAMES), device=device)
-                trainer._train_step(x.to(device), y.to(device), 1.0, True, acc)
-                _ = [value.item() for value in acc]  # the seed logged every loss every step
-                trainer.step += 1
+                meter = trainer.train_step(x.to(device), y.to(device), progress)
+                _ = [value.item() for value in meter.sums.values()]  # the seed logged every loss every step
                 done += 1
                 if done >= n:
                     return
@@ -113,11 +114,9 @@ def flops_per_image(cfg: Config, images, labels, device) -> tuple[float, float]:
     """
     no_gp = cfg.with_overrides({"loss.gp_weight": 0.0})
     trainer = Trainer(no_gp, images[: cfg.train.batch_size * 2], labels[: cfg.train.batch_size * 2], 3, device)
-    trainer.epoch = cfg.loss.adv_start_epoch
-    x, y = trainer._batch(torch.arange(trainer.batch_size, device=device))
-    acc = torch.zeros(len(LOSS_NAMES), device=device)
+    x, y = trainer.batch(torch.arange(trainer.batch_size, device=device))
     with FlopCounterMode(display=False) as counter:
-        trainer._train_step(x, y, 1.0, True, acc)
+        trainer.train_step(x, y, max(1.0, cfg.loss.adv_start_epoch, cfg.loss.kl_warmup_epochs))
     counted = counter.get_total_flops()
     with FlopCounterMode(display=False) as critic_counter, torch.no_grad():
         trainer.model.critic(x, y if trainer.model.n_classes else None)
@@ -146,9 +145,9 @@ def main() -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
     overrides = {"data.image_size": args.size, "train.batch_size": args.batch, "train.compile": args.compile}
     overrides.update({key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)})
-    cfg = Config().with_overrides(overrides)
-    n_subjects = max(3, args.images // 20 + 1)
-    cohort = build_cohort(EmbeddedDataConfig(n_subjects=n_subjects), args.size, seed=0)
+    cfg = load(REPO / "params.yaml").with_overrides(overrides)
+    n_subjects = max(3, args.images // cfg.data.embedded.slices_per_subject + 1)
+    cohort = build_cohort(cfg.with_overrides({"data.embedded.n_subjects": n_subjects}).data.embedded, args.size, seed=0)
     images, labels = cohort.images[: args.images], cohort.labels[: args.images]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; image {args.size}x{args.size}, batch {args.batch}, {args.steps} timed steps after {args.warmup} warm-up")

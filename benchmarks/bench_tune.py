@@ -20,8 +20,8 @@ import optuna
 
 from brainsynth.config import load
 from brainsynth.data import prepared
-from brainsynth.pipeline.tune import Objective, StopWhenDone, baseline_params, count_states, make_pruner, make_sampler, search_space
-from brainsynth.validation import DIRECTION
+from brainsynth.pipeline.tune import Objective, baseline_params, count_states, make_pruner, make_sampler, search_space, stop_callbacks
+from brainsynth.objective import DIRECTION
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
             study.enqueue_trial(baseline_params(cfg, search_space(cfg, quiet=True)))  # as the stage does
             started = time.perf_counter()
             with mlflow.start_run(run_name=f"study-{pruner}") as parent:
-                study.optimize(Objective(cfg, data, parent.info.run_id, quiet=True), callbacks=[StopWhenDone(cfg.tune.n_trials)],
+                study.optimize(Objective(cfg, data, parent.info.run_id, quiet=True), callbacks=stop_callbacks(cfg.tune.n_trials),
                                catch=(RuntimeError,))
             seconds = time.perf_counter() - started
             counts = count_states(study)

@@ -15,10 +15,14 @@ import torch
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
-from brainsynth.config import Config, EmbeddedDataConfig
+from pathlib import Path
+
+from brainsynth.config import load
 from brainsynth.data.embedded import build_cohort
 from brainsynth import nets
-from brainsynth.engine import LOSS_NAMES, Trainer
+from brainsynth.engine import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -38,17 +42,15 @@ def main() -> None:
     for item in args.set:
         key, value = item.split("=", 1)
         overrides[key] = yaml.safe_load(value)
-    cfg = Config().with_overrides(overrides)
-    cohort = build_cohort(EmbeddedDataConfig(n_subjects=8), args.size, seed=0)
+    cfg = load(REPO / "params.yaml").with_overrides(overrides)
+    cohort = build_cohort(cfg.with_overrides({"data.embedded.n_subjects": 8}).data.embedded, args.size, seed=0)
     trainer = Trainer(cfg, cohort.images, cohort.labels, 3, torch.device("cuda"))
-    trainer.epoch = cfg.loss.adv_start_epoch
-    acc = torch.zeros(len(LOSS_NAMES), device="cuda")
-    batches = [trainer._batch(torch.arange(i * args.batch, (i + 1) * args.batch, device="cuda") % len(cohort.images)) for i in range(4)]
+    progress = max(1.0, cfg.loss.adv_start_epoch, cfg.loss.kl_warmup_epochs)  # the full adversarial step
+    batches = [trainer.batch(torch.arange(i * args.batch, (i + 1) * args.batch, device="cuda") % len(cohort.images)) for i in range(4)]
 
     def run(n: int) -> None:
         for i in range(n):
-            trainer._train_step(*batches[i % 4], 1.0, True, acc)
-            trainer.step += 1
+            trainer.train_step(*batches[i % 4], progress)
 
     run(10)
     torch.cuda.synchronize()

@@ -3,8 +3,8 @@
 from brainsynth.config import check_or_exit
 
 if __name__ == "__main__":
-    check_or_exit()  # before the heavy imports below: a bad params.yaml fails in well under a second
-    from brainsynth.pipeline.common import run_stage
+    cfg = check_or_exit()  # before the heavy imports below: a bad params.yaml fails in well under a second
     from brainsynth.pipeline.generate import run
+    from brainsynth.pipeline.stage import run_stage
 
-    run_stage("generate", run)
+    run_stage("generate", run, cfg)

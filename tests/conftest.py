@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from brainsynth.config import Config
+from helpers import repo_config
 
 torch.set_num_threads(2)
 
@@ -10,7 +11,7 @@ torch.set_num_threads(2)
 @pytest.fixture
 def tiny_cfg() -> Config:
     """A config small enough for CPU tests: 32×32 images, narrow networks."""
-    return Config().with_overrides({
+    return repo_config({
         "data.image_size": 32,
         "model.latent_dim": 16,
         "model.base_channels": 8,

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from brainsynth.config import Config, ConfigError, load, validate
+from brainsynth.config import Config, ConfigError, load, record_reads, validate
+from helpers import merged, repo_config, repo_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,12 +21,12 @@ def test_committed_params_are_valid_and_complete():
 
 def test_unknown_key_suggests_the_right_one():
     with pytest.raises(ConfigError, match=r"unknown key 'train.epoch' \(did you mean 'train.epochs'\?\)"):
-        validate({"train": {"epoch": 3}})
+        validate(merged(repo_params(), {"train": {"epoch": 3}}))
 
 
 def test_wrong_value_names_key_value_and_rule():
     with pytest.raises(ConfigError) as err:
-        validate({"train": {"epochs": -1}})
+        validate(merged(repo_params(), {"train": {"epochs": -1}}))
     message = str(err.value)
     assert "train.epochs" in message and "-1" in message and "greater than or equal to 1" in message
     assert "\n" not in message
@@ -33,16 +34,16 @@ def test_wrong_value_names_key_value_and_rule():
 
 def test_image_size_must_be_power_of_two():
     with pytest.raises(ConfigError, match="data.image_size = 48.*power of two"):
-        validate({"data": {"image_size": 48}})
+        validate(merged(repo_params(), {"data": {"image_size": 48}}))
 
 
 def test_search_space_must_name_real_parameters():
     with pytest.raises(ConfigError, match="did you mean 'optim.lr'"):
-        validate({"tune": {"search_space": {"optim.lrr": {"type": "float", "low": 0.1, "high": 1.0}}}})
+        validate(merged(repo_params(), {"tune": {"search_space": {"optim.lrr": {"type": "float", "low": 0.1, "high": 1.0}}}}))
 
 
 def test_overrides_are_validated():
-    cfg = Config()
+    cfg = repo_config()
     assert cfg.with_overrides({"optim.lr": 0.01}).optim.lr == 0.01
     with pytest.raises(ConfigError, match="optim.lr"):
         cfg.with_overrides({"optim.lr": -1.0})
@@ -74,3 +75,28 @@ def test_plain_vae_request_is_not_undone_by_tuning():
     assert "loss.adv_weight" in search_space(cfg, logging.getLogger("t"))
     vae = cfg.with_overrides({"loss.adv_weight": 0.0})
     assert "loss.adv_weight" not in search_space(vae, logging.getLogger("t"))
+
+
+def test_the_schema_supplies_no_values_params_yaml_does():
+    """One source of truth: a key missing from params.yaml is an error naming it, not a silent default."""
+    raw = repo_params()
+    del raw["train"]["keep"]
+    with pytest.raises(ConfigError, match=r"missing key 'train.keep'"):
+        validate(raw)
+    with pytest.raises(ConfigError, match="missing key"):
+        validate({})
+
+
+def test_reads_are_recorded_by_key_path():
+    cfg = repo_config()
+    reads = record_reads()
+    try:
+        assert cfg.train.epochs > 0 and cfg.data.volume.slice_axis in (0, 1, 2)
+        _ = cfg.flat()  # logging the whole config is not a read
+        later = cfg.with_overrides({"optim.lr": 0.01})
+        assert later.optim.lr == 0.01
+    finally:
+        import brainsynth.config as config_module
+
+        config_module._reads = None
+    assert reads == {"train.epochs", "data.volume.slice_axis", "optim.lr"}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from brainsynth.checkpoint import CheckpointError, load_safe, save_atomic
-from brainsynth.engine import LOSS_NAMES, DivergenceError, Trainer
+from brainsynth.engine import DivergenceError, Trainer
 
 
 def _weights(trainer):
@@ -15,12 +15,10 @@ def _weights(trainer):
 def test_training_steps_lower_reconstruction_loss_on_a_fixed_batch(tiny_cfg, tiny_images):
     images, labels = tiny_images
     trainer = Trainer(tiny_cfg.with_overrides({"loss.adv_weight": 0.0, "train.hflip": False}), images[:8], labels[:8], 3, torch.device("cpu"))
-    x, y = trainer._batch(torch.arange(8))
+    x, y = trainer.batch(torch.arange(8))
 
     def rec_loss():
-        acc = torch.zeros(len(LOSS_NAMES))
-        trainer._train_step(x, y, 1.0, False, acc)
-        return acc[1].item()
+        return trainer.train_step(x, y, progress=1.0).means()["rec"]
 
     first = rec_loss()
     for _ in range(20):
@@ -112,3 +110,64 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
     save_atomic({"a": torch.ones(2)}, path)
     assert torch.equal(load_safe(path)["a"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_step_curves_are_window_means_and_cover_every_step(tiny_cfg, tiny_images):
+    """Regression: the step-level window was divided by a full train.log_every even when it held
+    fewer steps (the last window of an epoch), and the last steps of an epoch were never logged."""
+    images, labels = tiny_images  # 48 images, batch 8 → 6 steps per epoch; windows of 4 → 4 + 2
+    trainer = Trainer(tiny_cfg.with_overrides({"train.log_every": 4}), images, labels, 3, torch.device("cpu"))
+    per_step = []
+    original = trainer.train_step
+
+    def recording_step(*args, **kwargs):
+        meter = original(*args, **kwargs)
+        per_step.append(meter.means())
+        return meter
+
+    trainer.train_step = recording_step
+    logged = []
+    for _ in range(2):
+        trainer.train_epoch(on_log=lambda step, means: logged.append((step, means)))
+    assert [step for step, _ in logged] == [4, 6, 8, 12]  # every 4th step and the last step of each epoch
+    windows = [per_step[0:4], per_step[4:6], per_step[6:8], per_step[8:12]]
+    for (_, means), steps in zip(logged, windows):
+        for name in ("rec", "kl", "critic"):
+            assert means[name] == pytest.approx(np.mean([s[name] for s in steps]), rel=1e-5), name
+    assert trainer.history[-1]["rec"] == pytest.approx(np.mean([s["rec"] for s in per_step[6:]]), rel=1e-5)
+
+
+def test_gp_every_counts_critic_updates_and_gp_is_not_under_reported(tiny_cfg, tiny_images):
+    """Regression: gp_every counted generator steps, so with n_critic > 1 all or none of a step's
+    critic updates got the penalty, and the logged gp was divided by the updates without one."""
+    images, labels = tiny_images
+    cfg = tiny_cfg.with_overrides({"optim.n_critic": 2, "loss.gp_every": 2})
+    trainer = Trainer(cfg, images, labels, 3, torch.device("cpu"))
+    penalised = []
+    original = trainer.critic_phase
+
+    def recording_critic(*args, **kwargs):
+        out = original(*args, **kwargs)
+        penalised.append("gp" in out)
+        return out
+
+    trainer.critic_phase = recording_critic
+    x, y = trainer.batch(torch.arange(8))
+    meters = [trainer.train_step(x, y, progress=1.0) for _ in range(3)]
+    assert penalised == [True, False] * 3  # every other critic update, within each step
+    assert trainer.critic_updates == 6
+    for meter in meters:
+        assert meter.counts["gp"] == 1 and meter.counts["critic"] == 2
+        assert meter.means()["gp"] == pytest.approx(meter.sums["gp"].item())  # the mean of the penalised updates
+
+
+def test_model_api_shapes(tiny_cfg):
+    from brainsynth.engine import model_for
+
+    model = model_for(tiny_cfg, 32, 3)
+    x, y = torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 0])
+    mu, logvar = model.encode(x, y)
+    assert mu.shape == logvar.shape == (4, tiny_cfg.model.latent_dim)
+    recon, _, _ = model.reconstruct(x, y)
+    assert recon.shape == x.shape and recon.abs().max() <= 1
+    assert model.sample(5, torch.tensor([0, 1, 2, 0, 1])).shape == (5, 1, 32, 32)

@@ -8,20 +8,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brainsynth.config import Config
-from brainsynth.generate import main as generate_main
-from brainsynth.inference import SynthModel, save_model
+from pathlib import Path
+
+from brainsynth.checkpoint import save_model_file
+from brainsynth.export import main as generate_main
+from brainsynth.files import digest
+from brainsynth.inference import SynthModel
 from brainsynth.nets import Decoder, Encoder
+from helpers import repo_config
+
+DATA = Path(__file__).resolve().parent / "data"
 
 CLASSES = ["healthy", "mild", "moderate"]
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    cfg = Config().with_overrides({"data.image_size": 16, "model.latent_dim": 4, "model.base_channels": 4, "model.max_channels": 8,
-                                   "model.cbam_res": [8], "model.self_attention_res": []})
+    cfg = repo_config({"data.image_size": 16, "model.latent_dim": 4, "model.base_channels": 4, "model.max_channels": 8,
+                       "model.cbam_res": [8], "model.self_attention_res": []})
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_model(path, cfg, Encoder(cfg.model, 16, 3), Decoder(cfg.model, 16, 3), 16, 3, CLASSES, "run123")
+    save_model_file(path, cfg.model, 16, 3, CLASSES, Encoder(cfg.model, 16, 3), Decoder(cfg.model, 16, 3))
     return path
 
 
@@ -29,7 +35,7 @@ def test_generate_writes_pngs_nifti_and_manifest(model_file, tmp_path, capsys):
     out = tmp_path / "synthetic"
     assert generate_main(["--model", str(model_file), "--out", str(out), "--n-per-class", "3", "--seed", "7", "--nifti"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["model_run_id"] == "run123" and manifest["classes"] == CLASSES and len(manifest["files"]) == 9
+    assert manifest["model_digest"] == digest(model_file) and manifest["classes"] == CLASSES and len(manifest["files"]) == 9
     first = manifest["files"][0]
     assert first["class"] == "healthy" and (out / first["path"]).is_file()
     image = np.asarray(Image.open(out / first["path"]))
@@ -74,3 +80,19 @@ def test_registered_pyfunc_generates_per_class(model_file, tmp_path, monkeypatch
     # the generate command takes the registry URI too
     assert generate_main(["--model", "models:/brainsynth-test/1", "--out", str(tmp_path / "from_registry"), "--n-per-class", "2"]) == 0
     assert len(list((tmp_path / "from_registry").rglob("*.png"))) == 6
+
+
+def test_model_file_holds_only_what_sampling_needs(model_file):
+    import torch
+
+    payload = torch.load(model_file, weights_only=True)
+    assert set(payload) == {"format", "model", "image_size", "n_classes", "class_names", "encoder", "decoder"}
+    assert payload["format"] == "brainsynth-model-v2" and "train" not in payload["model"]
+
+
+def test_model_file_of_the_previous_format_still_loads():
+    """tests/data/model_v1.pt was written by the v1 code (whole pipeline config embedded); its
+    samples were saved at the same time."""
+    model = SynthModel.load(DATA / "model_v1.pt")
+    assert model.class_names == ["CN", "AD"] and model.image_size == 16
+    assert np.array_equal(model.sample(np.array([0, 1, 1]), seed=3), np.load(DATA / "model_v1_samples.npy"))

@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brainsynth.config import DataConfig, VolumeConfig
+from helpers import data_config, repo_config
 from brainsynth.data.errors import DataError
 from brainsynth.data.ingest import check_bad_fraction, ingest
 
 OASIS = r"(OAS\d_\d+_MR\d+)"
 
 
-def data_cfg(root, **overrides) -> DataConfig:
-    return DataConfig(**{"source": str(root), "image_size": 16, "workers": 1, **overrides})
+data_cfg = data_config
 
 
 def brain_disc(height: int, width: int, value: int = 200, dtype=np.uint8) -> np.ndarray:
@@ -89,7 +88,7 @@ def test_skip_report_lists_each_file_and_bad_fraction_fails_naming_examples(imag
 def test_subject_pattern_must_match_every_file(tmp_path):
     for name in ("a_1.png", "a_2.png", "b_1.png"):
         Image.fromarray(brain_disc(16, 16)).save(tmp_path / name)
-    with pytest.raises(DataError, match=r"data.subject_pattern .* does not match .*a_1.png.*\(3 of 3 files\)"):
+    with pytest.raises(DataError, match=r"data.subject_pattern .* does not match .*a_1.png.*\(3 of 3\)"):
         ingest(data_cfg(tmp_path, subject_pattern=OASIS))
     by_file = ingest(data_cfg(tmp_path, subject_pattern=""))
     assert by_file.cohort.class_names == ["unlabelled"] and len(set(by_file.cohort.subjects)) == 3
@@ -159,16 +158,16 @@ def test_nifti_volumes_sliced_in_the_brain_range_anterior_up(tmp_path):
     truncated = tmp_path / "AD" / "sub-cut_T1w.nii.gz"
     save_nifti(truncated, head_volume())
     truncated.write_bytes(truncated.read_bytes()[:500])
-    result = ingest(data_cfg(tmp_path, max_bad_fraction=0.5, volume=VolumeConfig(min_area_fraction=0.5)))
+    result = ingest(data_cfg(tmp_path, max_bad_fraction=0.5, subject_pattern='', volume__min_area_fraction=0.5))
     cohort, counts = result.cohort, result.counts()
     assert result.kind == "nifti" and cohort.class_names == ["AD", "CN"]
     assert counts["skipped_volume_4d"] == 1 and counts["skipped_truncated"] + counts.get("skipped_unreadable", 0) == 1
     subjects = sorted(set(cohort.subjects))
-    assert len(subjects) == 7 and "sub-single_T1w" in subjects and "sub-AD0_T1w" in subjects
-    per_volume = np.sum(cohort.subjects == "sub-AD0_T1w")
+    assert len(subjects) == 7 and "CN/sub-single_T1w.nii" in subjects and "AD/sub-AD0_T1w.nii.gz" in subjects  # path below data.source
+    per_volume = np.sum(cohort.subjects == "AD/sub-AD0_T1w.nii.gz")
     assert 8 <= per_volume < 24  # slices where the ellipsoid is large, not the empty top and bottom
     # axial slices: the anterior marker is the brightest part and sits in the upper half
-    one = cohort.images[cohort.subjects == "sub-AD0_T1w"][per_volume // 2].astype(float)
+    one = cohort.images[cohort.subjects == "AD/sub-AD0_T1w.nii.gz"][per_volume // 2].astype(float)
     assert one[:8].max() == 255 and one[8:].max() < 255
     # anisotropic voxels respected: 30 × 1 mm wide, 36 × 1 mm high → narrower than tall
     cols = np.flatnonzero(one.max(axis=0) > 0)
@@ -179,9 +178,9 @@ def test_nifti_volumes_sliced_in_the_brain_range_anterior_up(tmp_path):
 def test_nifti_slice_axis_and_thinning(tmp_path):
     for s in range(3):
         save_nifti(tmp_path / f"s{s}.nii.gz", head_volume(marker=False), zooms=(1.0, 1.0, 1.0))
-    axial = ingest(data_cfg(tmp_path, volume=VolumeConfig(slices_per_volume=5))).cohort
+    axial = ingest(data_cfg(tmp_path, subject_pattern='', volume__slices_per_volume=5)).cohort
     assert len(axial.images) == 15
-    sagittal = ingest(data_cfg(tmp_path, volume=VolumeConfig(slice_axis=0, min_area_fraction=0.9))).cohort
+    sagittal = ingest(data_cfg(tmp_path, subject_pattern='', volume__slice_axis=0, volume__min_area_fraction=0.9)).cohort
     assert 0 < len(sagittal.images) and not np.array_equal(sagittal.images[0], axial.images[0])
 
 
@@ -227,7 +226,7 @@ def test_dicom_series_ordered_by_position_rescaled_and_bad_files_skipped(tmp_pat
                 write_dicom(series / f"IM{len(radii) - k:04d}", disc / slope, z=2.0 * k, patient=f"{cls}-{p}", slope=slope)
     write_dicom(tmp_path / "CN" / "patient0" / "t1" / "localizer.dcm", np.zeros((32, 32)), z=99, patient="CN-0", pixel_data=False)
     (tmp_path / "AD" / "patient1" / "t1" / "broken.dcm").write_bytes(b"\0" * 200)
-    result = ingest(data_cfg(tmp_path, max_bad_fraction=0.5, volume=VolumeConfig(min_area_fraction=0.01)))
+    result = ingest(data_cfg(tmp_path, max_bad_fraction=0.5, subject_pattern='', volume__min_area_fraction=0.01))
     cohort, counts = result.cohort, result.counts()
     assert result.kind == "dicom" and cohort.class_names == ["AD", "CN"]
     assert counts["skipped_no_pixel_data"] == 1 and counts["skipped_unreadable"] == 1
@@ -237,3 +236,44 @@ def test_dicom_series_ordered_by_position_rescaled_and_bad_files_skipped(tmp_pat
     assert len(one) == 5 and (np.diff(areas) > 0).all()  # ordered by ImagePositionPatient, not file name
     # rescale slope applied: the last slice (stored at half value, slope 2) is as bright as the others
     assert one[-1].max() == one[-2].max() == 255
+
+
+# --- subjects are persons (regression tests for the subject leak) -----------------------------
+
+
+def test_default_pattern_groups_rescans_and_visits_of_one_person(tmp_path):
+    """OASIS-1 reliability rescans (MR1/MR2) and OASIS-2 follow-up visits are one person: the
+    default data.subject_pattern must keep them in one split."""
+    names = ["OAS1_0061_MR1_mpr-1_100.png", "OAS1_0061_MR2_mpr-1_100.png", "OAS2_0001_MR1_a.png", "OAS2_0001_MR3_a.png",
+             "OAS1_0002_MR1_mpr-1_100.png"]
+    for name in names:
+        (tmp_path / "CN").mkdir(exist_ok=True)
+        Image.fromarray(brain_disc(16, 16)).save(tmp_path / "CN" / name)
+    cohort = ingest(data_cfg(tmp_path, subject_pattern=repo_config().data.subject_pattern)).cohort
+    assert sorted(cohort.subjects) == ["OAS1_0002", "OAS1_0061", "OAS1_0061", "OAS2_0001", "OAS2_0001"]
+
+
+def test_same_file_name_in_two_class_folders_is_two_subjects(tmp_path):
+    for cls in ("AD", "CN"):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(brain_disc(16, 16)).save(tmp_path / cls / "001.png")
+    cohort = ingest(data_cfg(tmp_path, subject_pattern="")).cohort
+    assert sorted(cohort.subjects) == ["AD/001.png", "CN/001.png"]
+
+
+def test_nifti_named_alike_in_patient_folders_are_separate_subjects_or_follow_the_pattern(tmp_path):
+    for cls, patient in (("AD", "sub-01"), ("AD", "sub-02"), ("CN", "sub-03"), ("CN", "sub-03-rescan")):
+        save_nifti(tmp_path / cls / patient / "T1.nii.gz", head_volume(marker=False))
+    by_path = ingest(data_cfg(tmp_path, subject_pattern="")).cohort
+    assert sorted(set(by_path.subjects)) == ["AD/sub-01/T1.nii.gz", "AD/sub-02/T1.nii.gz", "CN/sub-03-rescan/T1.nii.gz", "CN/sub-03/T1.nii.gz"]
+    bids = ingest(data_cfg(tmp_path, subject_pattern=r"(sub-\d+)")).cohort
+    assert sorted(set(bids.subjects)) == ["sub-01", "sub-02", "sub-03"]
+
+
+def test_prepare_refuses_a_split_that_shares_a_person():
+    from brainsynth.data.splits import check_subjects_isolated
+
+    subjects = np.array(["p1", "p1", "p2", "p3"])
+    check_subjects_isolated(subjects, np.array(["train", "train", "val", "test"]))
+    with pytest.raises(DataError, match=r"subject 'p1' appears in splits test, train"):
+        check_subjects_isolated(subjects, np.array(["train", "test", "val", "test"]))

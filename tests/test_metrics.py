@@ -3,13 +3,13 @@ import pytest
 from scipy import ndimage
 
 from brainsynth import metrics
-from brainsynth.config import EmbeddedDataConfig
+from helpers import repo_config
 from brainsynth.data.embedded import build_cohort
 
 
 @pytest.fixture(scope="module")
 def brains():
-    cohort = build_cohort(EmbeddedDataConfig(n_subjects=12, slices_per_subject=8), 32, seed=5)
+    cohort = build_cohort(repo_config({"data.embedded.n_subjects": 12, "data.embedded.slices_per_subject": 8}).data.embedded, 32, seed=5)
     return cohort.images
 
 
@@ -75,7 +75,7 @@ def test_psnr_and_ssim(brains):
 
 
 def test_memorization_flags_copies_not_held_out_images():
-    cohort = build_cohort(EmbeddedDataConfig(n_subjects=24, slices_per_subject=6), 32, seed=5)
+    cohort = build_cohort(repo_config({"data.embedded.n_subjects": 24, "data.embedded.slices_per_subject": 6}).data.embedded, 32, seed=5)
     by_subject = {s: i for i, s in enumerate(np.unique(cohort.subjects))}
     group = np.array([by_subject[s] % 3 for s in cohort.subjects])  # subject-level split: train / held-out / test
     train, held_out, test = (cohort.images[group == g] for g in range(3))
@@ -106,7 +106,7 @@ def test_fid_is_skipped_without_local_weights(monkeypatch, tmp_path):
 def test_tstr_classifier_learns_a_class_signal():
     import torch
 
-    from brainsynth.utility import accuracy, train_classifier
+    from brainsynth.downstream import accuracy, train_classifier
 
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 300)

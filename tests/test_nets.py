@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from brainsynth import losses
-from brainsynth.config import ModelConfig
+from helpers import repo_config
 from brainsynth.nets import CBAM, ChannelAttention, Critic, Decoder, Encoder, MinibatchStd, ResBlock, SelfAttention, SliceClassifier, SpatialAttention
 
 
@@ -14,6 +14,10 @@ def test_attention_blocks_keep_shape_and_pass_gradients(block):
     assert out.shape == x.shape
     out.square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def model_config(**overrides):
+    return repo_config({f"model.{k}": v for k, v in overrides.items()}).model
 
 
 def test_self_attention_starts_as_identity_and_learns_a_gate():
@@ -32,7 +36,7 @@ def test_resblock_resamples(resample, shape):
 
 @pytest.mark.parametrize("size,n_classes", [(32, 0), (32, 3), (64, 2)])
 def test_encoder_decoder_critic_shapes_and_gradients(size, n_classes):
-    cfg = ModelConfig(latent_dim=8, base_channels=8, max_channels=32, cbam_res=[8], self_attention_res=[8])
+    cfg = model_config(latent_dim=8, base_channels=8, max_channels=32, cbam_res=[8], self_attention_res=[8])
     enc, dec, critic = Encoder(cfg, size, n_classes), Decoder(cfg, size, n_classes), Critic(cfg, size, n_classes)
     x = torch.rand(3, 1, size, size) * 2 - 1
     y = torch.tensor([0, 1, 1]) % max(n_classes, 1) if n_classes else None
@@ -52,7 +56,7 @@ def test_encoder_decoder_critic_shapes_and_gradients(size, n_classes):
 def test_slice_classifier_judges_each_image_on_its_own():
     """The auxiliary classifier also judges batches of generated images: an image's logits must not
     depend on what else is in the batch (no BatchNorm), and gradients must reach the input."""
-    classifier = SliceClassifier(3, width=4)
+    classifier = SliceClassifier(3, width=4, norm="group")
     x = (torch.rand(6, 1, 32, 32) * 2 - 1).requires_grad_(True)
     logits = classifier(x)
     assert logits.shape == (6, 3)
@@ -63,7 +67,7 @@ def test_slice_classifier_judges_each_image_on_its_own():
 
 
 def test_critic_is_a_raw_wasserstein_score():
-    cfg = ModelConfig(latent_dim=8, base_channels=8, max_channels=32)
+    cfg = model_config(latent_dim=8, base_channels=8, max_channels=32)
     critic = Critic(cfg, 32, 0)
     assert not any(isinstance(m, (nn.Sigmoid, nn.BatchNorm2d, nn.BatchNorm1d)) for m in critic.modules())
     with torch.no_grad():
@@ -73,7 +77,7 @@ def test_critic_is_a_raw_wasserstein_score():
 
 
 def test_gradient_penalty_finite_and_positive():
-    cfg = ModelConfig(latent_dim=8, base_channels=8, max_channels=32, self_attention_res=[8])
+    cfg = model_config(latent_dim=8, base_channels=8, max_channels=32, self_attention_res=[8])
     critic = Critic(cfg, 32, 3)
     real, fake = torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32)
     gp = losses.gradient_penalty(critic, real, fake, torch.tensor([0, 1, 2, 0]))
@@ -83,7 +87,7 @@ def test_gradient_penalty_finite_and_positive():
 
 
 def test_hinge_critic_uses_spectral_norm():
-    cfg = ModelConfig(latent_dim=8, base_channels=8, max_channels=32)
+    cfg = model_config(latent_dim=8, base_channels=8, max_channels=32)
     critic = Critic(cfg, 32, 0, spectral=True)
     assert any("parametrizations" in name for name, _ in critic.named_parameters())
 
@@ -107,7 +111,7 @@ def test_one_critic_call_judges_several_sets_like_separate_calls():
     """The engine scores real images, reconstructions and prior samples in one critic call; with
     set_sizes the minibatch-stddev groups stay inside each set, so a collapsed set is still seen
     as collapsed next to a diverse one, exactly as in separate calls."""
-    cfg = ModelConfig(latent_dim=8, base_channels=8, max_channels=32, self_attention_res=[8], critic_mbstd_group=4)
+    cfg = model_config(latent_dim=8, base_channels=8, max_channels=32, self_attention_res=[8], critic_mbstd_group=4)
     critic = Critic(cfg, 32, 3).eval()
     diverse = torch.rand(6, 1, 32, 32) * 2 - 1
     collapsed = (torch.rand(1, 1, 32, 32) * 2 - 1).expand(2, 1, 32, 32)

@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from brainsynth.pipeline import prepare
-from brainsynth.pipeline.common import run_stage
+from brainsynth.pipeline.stage import run_stage
+from helpers import write_params
 
 
 def make_folder(root, n_subjects=4, broken=0):
@@ -34,8 +35,8 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
 
     def configure(source, **data):
-        params = {"mlflow": {"experiment": "prep"}, "data": {"source": str(source), "image_size": 16, "workers": 1, **data}}
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        write_params(tmp_path / "params.yaml", {"mlflow": {"experiment": "prep"},
+                                                "data": {"source": str(source), "image_size": 16, "workers": 1, **data}})
 
     return tmp_path, configure
 

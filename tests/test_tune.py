@@ -15,7 +15,8 @@ from optuna.trial import TrialState
 from brainsynth.config import load
 from brainsynth.engine import DivergenceError, Trainer
 from brainsynth.pipeline import prepare, tune
-from brainsynth.pipeline.common import run_stage
+from brainsynth.pipeline.stage import run_stage
+from helpers import write_params as write_repo_params
 
 TINY = {
     "mlflow": {"experiment": "tune-test"},
@@ -32,7 +33,7 @@ TINY = {
 def write_params(path, tune_overrides=None):
     params = json.loads(json.dumps(TINY))
     params["tune"].update(tune_overrides or {})
-    path.write_text(yaml.safe_dump(params))
+    write_repo_params(path, params)
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def test_killed_study_resumes_to_n_trials_in_the_same_mlflow_run(workdir, monkey
     assert exit_info.value.code == 130
     states = [t.state for t in study_of(workdir).trials]
     assert states[0] == TrialState.COMPLETE and len(states) == 2 and states[1] != TrialState.COMPLETE
-    assert study_of(workdir).trials[0].params == {"optim.lr": 2e-4, "model.cbam_res": "[]"}  # params.yaml's values first
+    assert study_of(workdir).trials[0].params == {"optim.lr": 5e-4, "model.cbam_res": "[]"}  # params.yaml's values first
 
     monkeypatch.setattr(Trainer, "train_epoch", original)
     run_stage("tune", tune.run)
@@ -89,8 +90,8 @@ def test_killed_study_resumes_to_n_trials_in_the_same_mlflow_run(workdir, monkey
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the same run, resumed
     assert len(trials) == 4 and {t.data.tags["mlflow.parentRunId"] for t in trials} == {parents[0].info.run_id}
     assert sorted(t.info.status for t in trials) == ["FINISHED", "FINISHED", "FINISHED", "KILLED"]
-    best = json.loads((workdir / "models/tune/best_params.json").read_text())
-    assert set(best["params"]) == {"optim.lr", "model.cbam_res"} and best["params"]["model.cbam_res"] in ([], [8])
+    best = yaml.safe_load((workdir / "models/tune/best_params.yaml").read_text())  # a nested params file for DVC
+    assert set(best) == {"optim", "model"} and set(best["optim"]) == {"lr"} and best["model"]["cbam_res"] in ([], [8])
     metrics = json.loads((workdir / "metrics/tune.json").read_text())
     assert metrics["n_complete"] == 3 and metrics["trials_this_run"] == 2
 
@@ -163,3 +164,26 @@ def test_tuned_values_replace_params_yaml_only_by_a_clear_margin():
     assert chosen_trial(clear, baseline, 0.1).params == {"optim.lr": 3.6e-4}
     no_baseline = study_with([(3.6e-4, 148.1), (2e-4, 150.0)])
     assert chosen_trial(no_baseline, baseline, 0.1).number == 0
+
+
+def test_trial_schedule_is_the_final_schedule_scaled_to_the_trial_budget():
+    """Regression: with tune.epochs = kl_warmup_epochs = 2 and the critic from epoch 1, a trial never
+    reached full KL weight and had a single adversarial epoch. Trials now scale both."""
+    from helpers import repo_config
+
+    cfg = repo_config({"train.epochs": 15, "tune.epochs": 3, "loss.kl_warmup_epochs": 5, "loss.adv_start_epoch": 3})
+    trial = tune.trial_config(cfg, {"optim.lr": 3e-4})
+    assert trial.train.epochs == 3 and trial.optim.lr == 3e-4
+    assert trial.loss.kl_warmup_epochs == pytest.approx(1.0) and trial.loss.adv_start_epoch == pytest.approx(0.6)
+    # the same share of the budget: full KL weight at a third, the critic from a fifth, as in the final run
+    assert trial.loss.kl_warmup_epochs / trial.train.epochs == pytest.approx(cfg.loss.kl_warmup_epochs / cfg.train.epochs)
+
+
+def test_categorical_choices_round_trip():
+    from brainsynth.config import SearchDimension
+
+    lists = SearchDimension(type="categorical", choices=[[], [8, 16]])
+    scalars = SearchDimension(type="categorical", choices=[32, 64])
+    for dim, value in ((lists, [8, 16]), (lists, []), (scalars, 64)):
+        encoded = tune.encode_choice(dim, value)
+        assert isinstance(encoded, (str, int)) and tune.decode_choice(dim, encoded) == value

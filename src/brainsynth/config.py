@@ -1,8 +1,14 @@
 """One validated configuration object for every stage, loaded from ``params.yaml``.
 
-Every knob of the pipeline lives in params.yaml; this module is the only place that knows its
-shape. Errors are turned into one line that names the key path, the offending value and what is
-allowed, so a typo fails in well under a second, before any data is touched.
+Every knob of the pipeline lives in params.yaml, and only there: this module knows the shape and
+the rules of each value but supplies none of them (no defaults), so code, tests and users all run
+the values params.yaml holds. Errors are turned into one line that names the key path, the
+offending value and what is allowed, so a typo fails in well under a second, before any data is
+touched.
+
+Reads can be recorded (``record_reads``): the test suite uses it to check that every param a stage
+reads is declared under that stage's ``params:`` in dvc.yaml, so DVC reruns exactly what a change
+affects.
 """
 
 from __future__ import annotations
@@ -13,28 +19,63 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
     """A user-facing configuration problem; its message is a single line."""
 
 
+_reads: set[str] | None = None  # key paths read while recording (record_reads)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # "train." for the train section, "" for the whole config; set by validate(). None: a section
+    # not read from params.yaml (e.g. the model settings stored in a model file), never recorded.
+    _path: str | None = PrivateAttr(default=None)
+
+    def __getattribute__(self, name: str):
+        value = super().__getattribute__(name)
+        if _reads is not None and not name.startswith("_") and name in type(self).model_fields and not isinstance(value, _Section):
+            path = super().__getattribute__("__pydantic_private__")["_path"]
+            if path is not None:
+                _reads.add(path + name)
+        return value
+
+
+def record_reads() -> set[str]:
+    """Start recording the key paths of every param read from a validated config; returns the live
+    set. Reading a whole section through ``flat()``/``model_dump()`` is not recorded (that is
+    logging, not use)."""
+    global _reads
+    _reads = set()
+    return _reads
+
+
+def _assign_paths(section: _Section, prefix: str = "") -> None:
+    section.__pydantic_private__["_path"] = prefix
+    for name in type(section).model_fields:
+        child = BaseModel.__getattribute__(section, name)
+        if isinstance(child, _Section):
+            _assign_paths(child, f"{prefix}{name}.")
+        elif isinstance(child, dict):
+            for key, item in child.items():
+                if isinstance(item, _Section):
+                    _assign_paths(item, f"{prefix}{name}.{key}.")
 
 
 class EmbeddedDataConfig(_Section):
-    n_subjects: int = Field(120, ge=3)
-    slices_per_subject: int = Field(20, ge=1, le=200)
-    class_fractions: tuple[float, float, float] = (0.4, 0.3, 0.3)
-    field_of_view_mm: float = Field(200.0, gt=50, le=400)
-    min_area_fraction: float = Field(0.7, gt=0.0, lt=1.0)
-    elastic_mm: float = Field(3.0, ge=0.0, le=15.0)
-    rotation_deg: float = Field(8.0, ge=0.0, le=45.0)
-    scale_jitter: float = Field(0.06, ge=0.0, le=0.3)
-    bias_field: float = Field(0.15, ge=0.0, le=0.8)
-    noise: float = Field(0.025, ge=0.0, le=0.3)
+    n_subjects: int = Field(ge=3)
+    slices_per_subject: int = Field(ge=1, le=200)
+    class_fractions: tuple[float, float, float]
+    field_of_view_mm: float = Field(gt=50, le=400)
+    min_area_fraction: float = Field(gt=0.0, lt=1.0)
+    elastic_mm: float = Field(ge=0.0, le=15.0)
+    rotation_deg: float = Field(ge=0.0, le=45.0)
+    scale_jitter: float = Field(ge=0.0, le=0.3)
+    bias_field: float = Field(ge=0.0, le=0.8)
+    noise: float = Field(ge=0.0, le=0.3)
 
     @field_validator("class_fractions")
     @classmethod
@@ -47,10 +88,10 @@ class EmbeddedDataConfig(_Section):
 class VolumeConfig(_Section):
     """How NIfTI volumes and DICOM series become 2D slices."""
 
-    slice_axis: Literal[0, 1, 2] = 2
-    min_area_fraction: float = Field(0.5, gt=0.0, le=1.0)
-    intensity_percentiles: tuple[float, float] = (0.5, 99.5)
-    slices_per_volume: int = Field(0, ge=0)
+    slice_axis: Literal[0, 1, 2]
+    min_area_fraction: float = Field(gt=0.0, le=1.0)
+    intensity_percentiles: tuple[float, float]
+    slices_per_volume: int = Field(ge=0)
 
     @field_validator("intensity_percentiles")
     @classmethod
@@ -61,16 +102,16 @@ class VolumeConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: str = "embedded"
-    format: Literal["auto", "images", "nifti", "dicom"] = "auto"
-    image_size: int = 64
-    val_fraction: float = Field(0.15, ge=0.0, lt=0.5)
-    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
-    subject_pattern: str = r"(OAS\d_\d+_MR\d+)"
-    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
-    workers: int = Field(0, ge=0, le=256)
-    volume: VolumeConfig = VolumeConfig()
-    embedded: EmbeddedDataConfig = EmbeddedDataConfig()
+    source: str
+    format: Literal["auto", "images", "nifti", "dicom"]
+    image_size: int
+    val_fraction: float = Field(ge=0.0, lt=0.5)
+    test_fraction: float = Field(gt=0.0, lt=0.5)
+    subject_pattern: str
+    max_bad_fraction: float = Field(ge=0.0, le=1.0)
+    workers: int = Field(ge=0, le=256)
+    volume: VolumeConfig
+    embedded: EmbeddedDataConfig
 
     @field_validator("image_size")
     @classmethod
@@ -92,18 +133,18 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    latent_dim: int = Field(64, ge=2, le=2048)
-    base_channels: int = Field(16, ge=4, le=512)
-    max_channels: int = Field(128, ge=8, le=2048)
-    cbam_res: list[int] = [8, 16, 32]
-    cbam_reduction: int = Field(8, ge=1, le=64)
-    self_attention_res: list[int] = [16]
-    conditional: bool = True
-    critic_mbstd_group: int = Field(4, ge=0, le=64)
-    upsample: Literal["nearest", "bilinear"] = "bilinear"
-    classifier_width: int = Field(8, ge=2, le=256)
-    logvar_min: float = -8.0
-    logvar_max: float = 4.0
+    latent_dim: int = Field(ge=2, le=2048)
+    base_channels: int = Field(ge=4, le=512)
+    max_channels: int = Field(ge=8, le=2048)
+    cbam_res: list[int]
+    cbam_reduction: int = Field(ge=1, le=64)
+    self_attention_res: list[int]
+    conditional: bool
+    critic_mbstd_group: int = Field(ge=0, le=64)
+    upsample: Literal["nearest", "bilinear"]
+    classifier_width: int = Field(ge=2, le=256)
+    logvar_min: float
+    logvar_max: float
 
     @model_validator(mode="after")
     def _ordered(self) -> "ModelConfig":
@@ -116,44 +157,45 @@ class ModelConfig(_Section):
 
 
 class LossConfig(_Section):
-    recon: Literal["l1", "mse"] = "l1"
-    recon_weight: float = Field(1.0, ge=0.0)
-    kl_weight: float = Field(0.05, ge=0.0)
-    kl_warmup_epochs: int = Field(2, ge=0)
-    adv_weight: float = Field(0.01, ge=0.0)
-    adv_start_epoch: int = Field(1, ge=0)
-    gan: Literal["wgan-gp", "hinge"] = "wgan-gp"
-    gp_weight: float = Field(10.0, ge=0.0)
-    gp_every: int = Field(1, ge=1)
-    drift_weight: float = Field(0.001, ge=0.0)
-    feature_weight: float = Field(0.0, ge=0.0)
-    class_weight: float = Field(0.0, ge=0.0)
-    instance_noise: float = Field(0.0, ge=0.0, le=1.0)
+    recon: Literal["l1", "mse"]
+    recon_weight: float = Field(ge=0.0)
+    kl_weight: float = Field(ge=0.0)
+    kl_warmup_epochs: float = Field(ge=0.0)  # fractional: tuning trials scale the schedule to their budget
+    adv_weight: float = Field(ge=0.0)
+    adv_start_epoch: float = Field(ge=0.0)
+    gan: Literal["wgan-gp", "hinge"]
+    gp_weight: float = Field(ge=0.0)
+    gp_every: int = Field(ge=1)
+    drift_weight: float = Field(ge=0.0)
+    feature_weight: float = Field(ge=0.0)
+    class_weight: float = Field(ge=0.0)
+    instance_noise: float = Field(ge=0.0, le=1.0)
 
 
 class OptimConfig(_Section):
-    lr: float = Field(2e-4, gt=0.0, le=1.0)
-    lr_critic: float = Field(4e-4, gt=0.0, le=1.0)
-    beta1: float = Field(0.5, ge=0.0, lt=1.0)
-    beta2: float = Field(0.9, ge=0.0, lt=1.0)
-    critic_beta1: float = Field(0.0, ge=0.0, lt=1.0)
-    n_critic: int = Field(1, ge=1, le=10)
-    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
-    grad_clip: float = Field(0.0, ge=0.0)
-    lr_classifier: float = Field(2e-3, gt=0.0, le=1.0)
+    lr: float = Field(gt=0.0, le=1.0)
+    lr_critic: float = Field(gt=0.0, le=1.0)
+    beta1: float = Field(ge=0.0, lt=1.0)
+    beta2: float = Field(ge=0.0, lt=1.0)
+    critic_beta1: float = Field(ge=0.0, lt=1.0)
+    n_critic: int = Field(ge=1, le=10)
+    ema_decay: float = Field(ge=0.0, lt=1.0)
+    grad_clip: float = Field(ge=0.0)
+    lr_classifier: float = Field(gt=0.0, le=1.0)
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(64, ge=2)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = True
-    compile: bool = False
-    channels_last: bool = False
-    hflip: bool = True
-    sample_every: int = Field(5, ge=1)
-    log_every: int = Field(50, ge=1)
-    n_sample_images: int = Field(32, ge=1, le=256)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=2)
+    device: Literal["auto", "cpu", "cuda"]
+    bf16: bool
+    compile: bool
+    channels_last: bool
+    hflip: bool
+    sample_every: int = Field(ge=1)
+    log_every: int = Field(ge=1)
+    n_sample_images: int = Field(ge=1, le=256)
+    keep: Literal["best", "last"]
 
 
 class SearchDimension(_Section):
@@ -177,53 +219,60 @@ class SearchDimension(_Section):
 
 
 class TuneConfig(_Section):
-    enabled: bool = True
-    n_trials: int = Field(4, ge=0)
-    epochs: int = Field(2, ge=1)
-    max_train_images: int = Field(0, ge=0)
-    eval_images: int = Field(256, ge=8)
-    objective: Literal["swd_recon", "swd", "recon_mae"] = "swd_recon"
-    recon_weight: float = Field(1.0, ge=0.0)
-    sampler: Literal["tpe", "random"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    n_workers: int = Field(1, ge=1, le=64)
-    storage: str = ""
-    min_improvement: float = Field(0.1, ge=0.0, lt=1.0)
-    search_space: dict[str, SearchDimension] = {}
+    enabled: bool
+    n_trials: int = Field(ge=0)
+    epochs: int = Field(ge=1)
+    max_train_images: int = Field(ge=0)
+    eval_images: int = Field(ge=8)
+    objective: Literal["swd_recon", "swd", "recon_mae"]
+    recon_weight: float = Field(ge=0.0)
+    sampler: Literal["tpe", "random"]
+    pruner: Literal["median", "hyperband", "none"]
+    n_workers: int = Field(ge=1, le=64)
+    storage: str
+    min_improvement: float = Field(ge=0.0, lt=1.0)
+    search_space: dict[str, SearchDimension]
 
 
 class EvaluateConfig(_Section):
-    n_images: int = Field(512, ge=8)
-    n_pairs: int = Field(256, ge=4)
-    swd_patches_per_image: int = Field(128, ge=8)
-    swd_directions: int = Field(512, ge=16)
-    n_recon_examples: int = Field(8, ge=1, le=64)
-    utility_epochs: int = Field(10, ge=0)
-    utility_images: int = Field(0, ge=0)
+    n_images: int = Field(ge=8)
+    n_pairs: int = Field(ge=4)
+    n_recon_examples: int = Field(ge=1, le=64)
+    utility_epochs: int = Field(ge=0)
+    utility_images: int = Field(ge=0)
+
+
+class SwdConfig(_Section):
+    """Sliced Wasserstein distance settings, shared by validation (tune, train) and the test
+    (evaluate) so that ``val_swd`` and ``swd`` are on one scale."""
+
+    patches_per_image: int = Field(ge=8)
+    directions: int = Field(ge=16)
 
 
 class GenerateConfig(_Section):
-    enabled: bool = False
-    n_per_class: int = Field(100, ge=1)
-    nifti: bool = False
+    enabled: bool
+    n_per_class: int = Field(ge=1)
+    nifti: bool
 
 
 class MlflowConfig(_Section):
-    experiment: str = Field("brainsynth", min_length=1)
-    registered_model: str = "brainsynth"
+    experiment: str = Field(min_length=1)
+    registered_model: str
 
 
 class Config(_Section):
-    seed: int = Field(42, ge=0)
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    loss: LossConfig = LossConfig()
-    optim: OptimConfig = OptimConfig()
-    train: TrainConfig = TrainConfig()
-    tune: TuneConfig = TuneConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    generate: GenerateConfig = GenerateConfig()
-    mlflow: MlflowConfig = MlflowConfig()
+    seed: int = Field(ge=0)
+    data: DataConfig
+    model: ModelConfig
+    loss: LossConfig
+    optim: OptimConfig
+    train: TrainConfig
+    tune: TuneConfig
+    swd: SwdConfig
+    evaluate: EvaluateConfig
+    generate: GenerateConfig
+    mlflow: MlflowConfig
 
     @model_validator(mode="after")
     def _search_space_names_real_keys(self) -> "Config":
@@ -295,6 +344,8 @@ def _first_error_line(err: ValidationError, raw: dict[str, Any], source: str) ->
         parent_keys = [".".join(loc[:-1] + [k]) for k in _section_keys(loc[:-1])]
         hint = _did_you_mean(path, parent_keys)
         return f"{source}: unknown key {path!r}{hint}"
+    if first["type"] == "missing":
+        return f"{source}: missing key {path!r} (params.yaml sets every parameter; see the README's table)"
     value = first.get("input")
     message = first["msg"].removeprefix("Value error, ")
     shown = path or "(top level)"
@@ -317,10 +368,16 @@ def validate(raw: Any, source: str = "params.yaml") -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    global _reads
+    recording, _reads = _reads, None  # the validators' own checks are not reads by a stage
     try:
-        return Config.model_validate(copy.deepcopy(raw))
+        cfg = Config.model_validate(copy.deepcopy(raw))
     except ValidationError as err:
         raise ConfigError(_first_error_line(err, raw, source)) from None
+    finally:
+        _reads = recording
+    _assign_paths(cfg)
+    return cfg
 
 
 def load(path: str | Path = "params.yaml") -> Config:
@@ -335,6 +392,21 @@ def load(path: str | Path = "params.yaml") -> Config:
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     return validate(raw, source=str(path))
+
+
+def load_overrides(path: str | Path) -> dict[str, Any]:
+    """A params file of overrides (tune's ``best_params.yaml``) as flat ``{"optim.lr": …}``; the
+    values are validated when laid over the config (``Config.with_overrides``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing (run the tune stage first: dvc repro tune)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return flatten(raw)
 
 
 def check_or_exit(path: str | Path = "params.yaml") -> Config:

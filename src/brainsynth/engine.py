@@ -1,17 +1,23 @@
-"""The training engine: one VAE-GAN, its optimisers, EMA copy, checkpoints and the training step.
+"""The training engine: one VAE-GAN, its optimisers and the training step, read top to bottom.
 
-Read it top to bottom: ``Trainer.train_epoch`` is the whole loop. The same code runs on CPU (tests)
-and CUDA (bf16 autocast, fused Adam, optional channels_last, optional torch.compile of encoder/decoder).
+``Trainer.train_step`` is the order of updates (StyleGAN2-ADA's phase loop is the model):
 
-Design choices that matter for speed: the prepared uint8 images live on the training device once
-and batches are gathered by index there (no per-item decoding, no DataLoader); losses are
-accumulated in a device tensor and read back only every ``train.log_every`` steps and at epoch end,
-so the hot loop never synchronises with the host.
+1. classifier phase (only with ``loss.class_weight`` > 0): the auxiliary classifier learns real slices;
+2. critic phase, ``optim.n_critic`` times: the critic scores real images, reconstructions and prior
+   samples (one call), plus the gradient penalty on every ``loss.gp_every``-th critic update;
+3. generator phase: encoder + decoder minimise reconstruction + KL + adversarial (+ class) terms.
+
+Each phase returns its named losses; ``train_epoch`` averages them over the epoch and over windows
+of ``train.log_every`` steps. The same code runs on CPU (tests) and CUDA (bf16 autocast, fused
+Adam, optional channels_last and torch.compile of encoder/decoder).
+
+Speed: the prepared uint8 images live on the training device and batches are gathered by index
+there (no DataLoader); losses stay device tensors until a log point, so the hot loop never waits
+for the host.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -19,50 +25,49 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from brainsynth import losses
 from brainsynth.checkpoint import load_safe, save_atomic
 from brainsynth.config import Config
-from brainsynth.inference import reconstruct_images, sample_images, to_unit
-from brainsynth.nets import Critic, Decoder, Encoder, SliceClassifier
+from brainsynth.device import resolve_device
+from brainsynth.errors import DivergenceError
+from brainsynth.inference import autocast, predict_classes, reconstruct_images, sample_images, to_unit
+from brainsynth.nets import VAEGAN
 
-# Per-step quantities accumulated on the device: generator side, then critic, then classifier.
-# cls_g: the auxiliary classifier's cross-entropy on prior samples (against the class they were
-# drawn for); cls_real: its cross-entropy on real training images (how well it has learnt).
+# Every loss a step can report. cls_g: the auxiliary classifier's cross-entropy on prior samples
+# (against the class they were drawn for); cls_real: its cross-entropy on real training images.
 LOSS_NAMES = ("loss_g", "rec", "kl", "adv_g", "cls_g", "critic", "gp", "w_distance", "cls_real")
-_CRITIC_SLOTS = slice(5, 8)
 
 
-class DivergenceError(RuntimeError):
-    """Raised when a loss becomes NaN/inf; the last good checkpoint is left untouched."""
+class LossMeter:
+    """Running means of named scalar losses. Values stay device tensors (no host sync) until
+    ``means()``; each name is averaged over the updates that reported it (the penalty, for one,
+    is not computed on every critic update)."""
 
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
 
-def resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device = 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda")
+    def add(self, named: dict[str, torch.Tensor]) -> None:
+        for name, value in named.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.counts[name] = self.counts.get(name, 0) + 1
 
+    def merge(self, other: "LossMeter") -> None:
+        for name, value in other.sums.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.counts[name] = self.counts.get(name, 0) + other.counts[name]
 
-class VAEGAN(nn.Module):
-    """Encoder + decoder/generator + critic, with an EMA copy of encoder and decoder for sampling,
-    and (``loss.class_weight`` > 0 with labels) the auxiliary classifier."""
+    def __bool__(self) -> bool:
+        return bool(self.counts)
 
-    def __init__(self, cfg: Config, image_size: int, n_classes: int):
-        super().__init__()
-        self.n_classes = n_classes if cfg.model.conditional and n_classes > 1 else 0
-        self.encoder = Encoder(cfg.model, image_size, self.n_classes)
-        self.decoder = Decoder(cfg.model, image_size, self.n_classes)
-        self.critic = Critic(cfg.model, image_size, self.n_classes, spectral=cfg.loss.gan == "hinge")
-        self.ema_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
-        self.ema_decoder = copy.deepcopy(self.decoder).requires_grad_(False)
-        use_classifier = self.n_classes > 0 and cfg.loss.class_weight > 0
-        self.classifier = SliceClassifier(self.n_classes, cfg.model.classifier_width) if use_classifier else None
-
-    def generator_parameters(self):
-        return list(self.encoder.parameters()) + list(self.decoder.parameters())
+    def means(self) -> dict[str, float]:
+        """{name: mean} for every name in LOSS_NAMES (0.0 for those never reported)."""
+        names = [n for n in LOSS_NAMES if n in self.sums]
+        values = torch.stack([self.sums[n] for n in names]).tolist() if names else []  # one host sync
+        means = {n: v / self.counts[n] for n, v in zip(names, values)}
+        return {n: means.get(n, 0.0) for n in LOSS_NAMES}
 
 
 @dataclass
@@ -73,8 +78,15 @@ class EpochStats:
     images_per_second: float
 
 
+def model_for(cfg: Config, image_size: int, n_classes: int) -> VAEGAN:
+    """The VAE-GAN the config describes (conditional when there are several classes)."""
+    conditioned = n_classes if cfg.model.conditional and n_classes > 1 else 0
+    return VAEGAN(cfg.model, image_size, conditioned, spectral_critic=cfg.loss.gan == "hinge",
+                  classifier=cfg.loss.class_weight > 0)
+
+
 class Trainer:
-    """Owns model, optimisers, data-on-device and RNG; ``train_epoch`` runs one pass over the data.
+    """Owns model, optimisers, data-on-device and RNG.
 
     ``images``: (N, S, S) uint8, ``labels``: (N,) int; ``n_classes`` from the prepared data.
     """
@@ -89,14 +101,20 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.image_size = int(images.shape[-1])
-        self.model = VAEGAN(cfg, self.image_size, n_classes).to(self.device)
+        self.model = model_for(cfg, self.image_size, n_classes).to(self.device)
         self.memory_format = torch.channels_last if self.cuda and cfg.train.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
+        if cfg.train.compile and self.cuda:
+            # In place, sharing parameters and state-dict keys. The critic stays eager: the gradient
+            # penalty needs double backward, which AOTAutograd does not support.
+            self.model.encoder.compile()
+            self.model.decoder.compile()
         self.images = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(self.device)
         self.labels = torch.from_numpy(labels.astype(np.int64)).to(self.device)
         self.batch_size = min(cfg.train.batch_size, len(images))
         self.steps_per_epoch = len(images) // self.batch_size
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.autocast = autocast(self.device, cfg.train.bf16)
 
         opt = cfg.optim
         fused = {"fused": True} if self.cuda else {}
@@ -105,106 +123,32 @@ class Trainer:
         self.opt_c = None
         if self.model.classifier is not None:
             self.opt_c = torch.optim.Adam(self.model.classifier.parameters(), lr=opt.lr_classifier, betas=(opt.beta1, opt.beta2), **fused)
-        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cuda and cfg.train.bf16)
 
-        # Compiled views share parameters with the eager modules. The critic stays eager: the
-        # gradient penalty needs double backward, which AOTAutograd does not support, and
-        # compiling its other call sites (several shapes, requires_grad toggled) took over
-        # 170 s on an H100 host without finishing (benchmarks/README.md).
-        self.encode = self.model.encoder
-        self.decode = self.model.decoder
-        self.score = self.model.critic
-        if cfg.train.compile and self.cuda:
-            self.encode = torch.compile(self.model.encoder)
-            self.decode = torch.compile(self.model.decoder)
-
-        self.epoch = 0
-        self.step = 0
+        self.epoch = 0  # finished epochs
+        self.step = 0  # finished generator steps
+        self.critic_updates = 0  # finished critic updates (loss.gp_every counts these)
         self.history: list[dict[str, float]] = []
 
-    # ------------------------------------------------------------------ training
-    def _adversarial_active(self) -> bool:
-        return self.cfg.loss.adv_weight > 0 and self.epoch >= self.cfg.loss.adv_start_epoch
+    # ------------------------------------------------------------------ schedule
+    def progress(self, index: int) -> float:
+        """Training progress in epochs at step ``index`` of the current epoch (0.0 at the start)."""
+        return self.epoch + index / max(self.steps_per_epoch, 1)
 
-    def _kl_scale(self, index: int) -> float:
+    def kl_scale(self, progress: float) -> float:
         warmup = self.cfg.loss.kl_warmup_epochs
-        if warmup == 0:
-            return 1.0
-        return min(1.0, (self.epoch + index / max(self.steps_per_epoch, 1)) / warmup)
+        return 1.0 if warmup == 0 else min(1.0, progress / warmup)
 
-    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def adversarial_on(self, progress: float) -> bool:
+        return self.cfg.loss.adv_weight > 0 and progress >= self.cfg.loss.adv_start_epoch
+
+    # ------------------------------------------------------------------ data
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 1, S, S) in [-1, 1] (randomly mirrored with ``train.hflip``) and labels (B,)."""
         x = to_unit(self.images[index]).contiguous(memory_format=self.memory_format)
         if self.cfg.train.hflip:
             flip = torch.rand(x.shape[0], 1, 1, 1, device=self.device) < 0.5
             x = torch.where(flip, x.flip(-1), x)
         return x, self.labels[index]
-
-    def _labels_or_none(self, labels: torch.Tensor) -> torch.Tensor | None:
-        return labels if self.model.n_classes else None
-
-    def _forward(self, x: torch.Tensor, y: torch.Tensor, with_prior: bool):
-        """Encode x, decode the posterior sample and (optionally) B/2 prior samples in one pass.
-
-        Returns mu, logvar (B, Z) float32, decoded (B or 3B/2, 1, S, S) and the labels of decoded.
-        The first B decoded images are the reconstructions of x.
-        """
-        yc = self._labels_or_none(y)
-        mu, logvar = self.encode(x, yc)
-        mu, logvar = mu.float(), logvar.float()
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        labels = y
-        if with_prior:
-            n_prior = max(1, x.shape[0] // 2)
-            prior_labels = y[torch.randperm(y.shape[0], device=self.device)[:n_prior]]
-            z = torch.cat([z, torch.randn(n_prior, z.shape[1], device=self.device)])
-            labels = torch.cat([y, prior_labels])
-        return mu, logvar, self.decode(z.to(mu.dtype), self._labels_or_none(labels)), labels
-
-    def _critic_step(self, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, fake_labels: torch.Tensor, acc: torch.Tensor) -> None:
-        """One critic update against detached fakes (reconstructions followed by prior samples)."""
-        cfg = self.cfg.loss
-        yc = self._labels_or_none(y)
-        x, fake = self._noisy(x), self._noisy(fake)
-        b = x.shape[0]
-        with torch.autocast(**self.autocast):
-            # Real images, reconstructions and prior samples in one call (one launch sequence on a
-            # GPU instead of three); minibatch statistics stay per set.
-            scores = self.score(torch.cat([x, fake]), self._labels_or_none(torch.cat([y, fake_labels])),
-                                set_sizes=(b, *self._fake_sets(fake, b))).float()
-        d_real, d_fake = scores[:b], scores[b:]
-        if cfg.gan == "wgan-gp":
-            loss = losses.critic_wasserstein(d_real, d_fake, cfg.drift_weight)
-        else:
-            loss = losses.critic_hinge(d_real, d_fake)
-        gp = torch.zeros((), device=self.device)
-        if cfg.gan == "wgan-gp" and cfg.gp_weight > 0 and self.step % cfg.gp_every == 0:
-            # Pair every real image with a fake: prior samples first, then reconstructions. The
-            # interpolates are judged under the real image's class, since the penalty constrains
-            # the critic's input gradient around each real sample.
-            pool = torch.cat([fake[b:], fake[: b]])[:b]
-            gp = losses.gradient_penalty(self.model.critic, x, pool, yc)
-            loss = loss + cfg.gp_weight * cfg.gp_every * gp  # lazy regularisation keeps its average strength
-        self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_d.step()
-        acc[5] += loss.detach()
-        acc[6] += gp.detach()
-        acc[7] += (d_real.mean() - d_fake.mean()).detach()
-
-    def _classifier_step(self, x: torch.Tensor, y: torch.Tensor, acc: torch.Tensor) -> None:
-        """One update of the auxiliary classifier on the real batch (clean images, real labels)."""
-        with torch.autocast(**self.autocast):
-            logits = self.model.classifier(x)
-        loss = F.cross_entropy(logits.float(), y)
-        self.opt_c.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_c.step()
-        acc[8] += loss.detach()
-
-    @staticmethod
-    def _fake_sets(fake: torch.Tensor, n_recon: int) -> tuple[int, ...]:
-        """Set sizes of decoded images: n_recon reconstructions [, then the prior samples]."""
-        return (n_recon, fake.shape[0] - n_recon) if fake.shape[0] > n_recon else (n_recon,)
 
     def _noisy(self, images: torch.Tensor) -> torch.Tensor:
         """Instance noise (Sønderby et al. 2016) on everything the critic sees: real MRI carries
@@ -213,137 +157,177 @@ class Trainer:
         sigma = self.cfg.loss.instance_noise
         return images + sigma * torch.randn_like(images) if sigma > 0 else images
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, kl_scale: float, adversarial: bool, acc: torch.Tensor) -> None:
-        """n_critic critic updates and one classifier update, then one encoder/decoder update. The
-        last critic update reuses the generator's own forward pass (detached), so n_critic = 1
-        costs no extra decoding."""
+    def decode_batch(self, x: torch.Tensor, y: torch.Tensor, with_prior: bool):
+        """Reconstructions of x and (``with_prior``) B/2 prior samples, decoded in one pass.
+
+        Returns mu, logvar (B, Z) float32, decoded (B or 3B/2, 1, S, S) whose first B images are
+        the reconstructions, and the labels of the decoded images.
+        """
+        model = self.model
+        mu, logvar = model.encode(x, y)
+        z = model.reparameterise(mu, logvar)
+        labels = y
+        if with_prior:
+            n_prior = max(1, x.shape[0] // 2)
+            prior_labels = y[torch.randperm(y.shape[0], device=self.device)[:n_prior]]
+            z = torch.cat([z, torch.randn(n_prior, z.shape[1], device=self.device)])
+            labels = torch.cat([y, prior_labels])
+        return mu, logvar, model.decode(z.to(x.dtype), labels), labels
+
+    @staticmethod
+    def _set_sizes(n_decoded: int, n_recon: int) -> tuple[int, ...]:
+        """Sizes of the sets in a decoded batch: reconstructions [, prior samples]."""
+        return (n_recon, n_decoded - n_recon) if n_decoded > n_recon else (n_recon,)
+
+    # ------------------------------------------------------------------ phases
+    def classifier_phase(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One update of the auxiliary classifier on the real batch (clean images, real labels)."""
+        with torch.autocast(**self.autocast):
+            logits = self.model.classifier(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.opt_c.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_c.step()
+        return {"cls_real": loss}
+
+    def critic_phase(self, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, fake_labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One critic update against detached fakes (reconstructions, then prior samples)."""
         cfg = self.cfg.loss
         model = self.model
-        # The class term starts with the adversarial one, after the classifier has had the first
-        # epoch(s) of real images to learn from.
-        class_term = model.classifier is not None and self.epoch >= cfg.adv_start_epoch
-        if model.classifier is not None:
-            self._classifier_step(x, y, acc)
-        if adversarial:
-            for _ in range(self.cfg.optim.n_critic - 1):
-                with torch.no_grad(), torch.autocast(**self.autocast):
-                    _, _, fake, fake_labels = self._forward(x, y, with_prior=True)
-                self._critic_step(x, y, fake, fake_labels, acc)
-        with torch.autocast(**self.autocast):
-            mu, logvar, decoded, decoded_labels = self._forward(x, y, with_prior=adversarial or class_term)
-        if adversarial:
-            self._critic_step(x, y, decoded.detach(), decoded_labels, acc)
+        x, fake = self._noisy(x), self._noisy(fake.detach())
         b = x.shape[0]
-        recon = decoded[:b]
-        rec = losses.reconstruction(recon.float(), x, cfg.recon)
+        with torch.autocast(**self.autocast):
+            # Real images, reconstructions and prior samples in one call; minibatch statistics stay per set.
+            scores = model.critic(torch.cat([x, fake]), model.labels(torch.cat([y, fake_labels])),
+                                  set_sizes=(b, *self._set_sizes(fake.shape[0], b))).float()
+        d_real, d_fake = scores[:b], scores[b:]
+        if cfg.gan == "wgan-gp":
+            loss = losses.critic_wasserstein(d_real, d_fake, cfg.drift_weight)
+        else:
+            loss = losses.critic_hinge(d_real, d_fake)
+        out = {"critic": loss, "w_distance": d_real.mean() - d_fake.mean()}
+        if cfg.gan == "wgan-gp" and cfg.gp_weight > 0 and self.critic_updates % cfg.gp_every == 0:
+            # Pair every real image with a fake: prior samples first, then reconstructions. The
+            # interpolates are judged under the real image's class, since the penalty constrains
+            # the critic's input gradient around each real sample.
+            pool = torch.cat([fake[b:], fake[:b]])[:b]
+            gp = losses.gradient_penalty(model.critic, x, pool, model.labels(y))
+            loss = loss + cfg.gp_weight * cfg.gp_every * gp  # lazy regularisation keeps its average strength
+            out["gp"] = gp
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        self.critic_updates += 1
+        return out
+
+    def generator_phase(self, x: torch.Tensor, y: torch.Tensor, mu, logvar, decoded, decoded_labels, kl_scale: float,
+                        adversarial: bool, class_term: bool) -> dict[str, torch.Tensor]:
+        """One encoder/decoder update from a forward pass (``decode_batch``)."""
+        cfg = self.cfg.loss
+        model = self.model
+        b = x.shape[0]
+        rec = losses.reconstruction(decoded[:b].float(), x, cfg.recon)
         kl = losses.kl_divergence(mu, logvar) / (x.shape[-1] * x.shape[-2])  # per pixel, like the recon term
         loss = cfg.recon_weight * rec + cfg.kl_weight * kl_scale * kl
-        adv = torch.zeros((), device=self.device)
+        out = {"rec": rec, "kl": kl}
         if adversarial:
             model.critic.requires_grad_(False)  # the generator step must not accumulate critic grads
             with torch.autocast(**self.autocast):
-                scores, feats = self.score(self._noisy(decoded), self._labels_or_none(decoded_labels), features=True,
-                                           set_sizes=self._fake_sets(decoded, b))
+                scores, feats = model.critic(self._noisy(decoded), model.labels(decoded_labels), features=True,
+                                             set_sizes=self._set_sizes(decoded.shape[0], b))
                 if cfg.feature_weight > 0:
                     with torch.no_grad():
-                        _, real_feats = self.score(self._noisy(x), self._labels_or_none(y), features=True)
-                    feature_rec = (feats[:b].float() - real_feats.float()).abs().mean()
-                    loss = loss + cfg.feature_weight * feature_rec
-            adv = losses.generator_adversarial(scores.float())
-            loss = loss + cfg.adv_weight * adv
+                        _, real_feats = model.critic(self._noisy(x), model.labels(y), features=True)
+                    loss = loss + cfg.feature_weight * (feats[:b].float() - real_feats.float()).abs().mean()
+            out["adv_g"] = losses.generator_adversarial(scores.float())
+            loss = loss + cfg.adv_weight * out["adv_g"]
             model.critic.requires_grad_(True)
-        cls_g = torch.zeros((), device=self.device)
         if class_term:
             # Prior samples must be recognisable as the class they were drawn for. The classifier's
             # own parameters are frozen here: it learns from real images only.
             model.classifier.requires_grad_(False)
             with torch.autocast(**self.autocast):
                 logits = model.classifier(decoded[b:])
-            cls_g = F.cross_entropy(logits.float(), decoded_labels[b:])
-            loss = loss + cfg.class_weight * cls_g
+            out["cls_g"] = F.cross_entropy(logits.float(), decoded_labels[b:])
+            loss = loss + cfg.class_weight * out["cls_g"]
             model.classifier.requires_grad_(True)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.generator_parameters(), self.cfg.optim.grad_clip)
         self.opt_g.step()
-        self._update_ema()
-        acc[0] += loss.detach()
-        acc[1] += rec.detach()
-        acc[2] += kl.detach()
-        acc[3] += adv.detach()
-        acc[4] += cls_g.detach()
+        # EMA warm-up (as in many EMA implementations) so short runs are not dominated by the init.
+        model.update_ema(min(self.cfg.optim.ema_decay, (1 + self.step) / (10 + self.step)))
+        out["loss_g"] = loss
+        return out
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        # Warm-up (as in many EMA implementations) so short CPU runs are not dominated by the init.
-        decay = min(self.cfg.optim.ema_decay, (1 + self.step) / (10 + self.step))
-        for ema, live in ((self.model.ema_encoder, self.model.encoder), (self.model.ema_decoder, self.model.decoder)):
-            ema_params = list(ema.parameters())
-            torch._foreach_lerp_(ema_params, [p.detach() for p in live.parameters()], 1.0 - decay)
+    # ------------------------------------------------------------------ the step and the epoch
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, progress: float) -> LossMeter:
+        """Every update of one step, in order. The last critic update reuses the generator's own
+        forward pass (detached), so n_critic = 1 costs no extra decoding."""
+        adversarial = self.adversarial_on(progress)
+        class_term = self.model.classifier is not None and progress >= self.cfg.loss.adv_start_epoch
+        losses_ = LossMeter()
+        if self.model.classifier is not None:
+            losses_.add(self.classifier_phase(x, y))
+        if adversarial:
+            for _ in range(self.cfg.optim.n_critic - 1):
+                with torch.no_grad(), torch.autocast(**self.autocast):
+                    _, _, fake, fake_labels = self.decode_batch(x, y, with_prior=True)
+                losses_.add(self.critic_phase(x, y, fake, fake_labels))
+        with torch.autocast(**self.autocast):
+            mu, logvar, decoded, decoded_labels = self.decode_batch(x, y, with_prior=adversarial or class_term)
+        if adversarial:
+            losses_.add(self.critic_phase(x, y, decoded, decoded_labels))
+        losses_.add(self.generator_phase(x, y, mu, logvar, decoded, decoded_labels, self.kl_scale(progress), adversarial, class_term))
+        self.step += 1
+        return losses_
 
-    def _check_finite(self, acc: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
-        values = (acc / counts.clamp(min=1)).tolist()  # the only host sync, every log_every steps
-        stats = dict(zip(LOSS_NAMES, values))
-        bad = {k: v for k, v in stats.items() if not math.isfinite(v)}
+    def train_epoch(self, on_log=None) -> EpochStats:
+        """One pass over the training images. ``on_log(step, means)`` gets the mean losses of every
+        window of ``train.log_every`` steps, and of the shorter last window of the epoch."""
+        self.model.train()
+        start = time.perf_counter()
+        order = torch.randperm(len(self.images), generator=self.shuffle).to(self.device)
+        epoch_losses, window = LossMeter(), LossMeter()
+        for index in range(self.steps_per_epoch):
+            x, y = self.batch(order[index * self.batch_size : (index + 1) * self.batch_size])
+            step_losses = self.train_step(x, y, self.progress(index))
+            epoch_losses.merge(step_losses)
+            window.merge(step_losses)
+            if on_log is not None and (self.step % self.cfg.train.log_every == 0 or index == self.steps_per_epoch - 1):
+                on_log(self.step, self._checked(window))
+                window = LossMeter()
+        stats = self._checked(epoch_losses)
+        self.epoch += 1
+        seconds = time.perf_counter() - start
+        self.history.append(stats)
+        return EpochStats(self.epoch, stats, seconds, self.steps_per_epoch * self.batch_size / seconds)
+
+    def _checked(self, meter: LossMeter) -> dict[str, float]:
+        means = meter.means()
+        bad = {k: v for k, v in means.items() if not math.isfinite(v)}
         if bad:
             raise DivergenceError(
                 f"non-finite loss at epoch {self.epoch + 1}, step {self.step}: "
                 + ", ".join(f"{k}={v}" for k, v in bad.items())
                 + " (lower optim.lr / loss.adv_weight; last good checkpoint kept)"
             )
-        return stats
+        return means
 
-    def train_epoch(self, on_log=None) -> EpochStats:
-        """One pass over the training images. ``on_log(step, stats)`` is called every log_every steps."""
-        self.model.train()
-        start = time.perf_counter()
-        adversarial = self._adversarial_active()
-        order = torch.randperm(len(self.images), generator=self.shuffle).to(self.device)
-        acc = torch.zeros(len(LOSS_NAMES), device=self.device)
-        window = torch.zeros(len(LOSS_NAMES), device=self.device)
-        counts = torch.ones(len(LOSS_NAMES), device=self.device)
-        counts[_CRITIC_SLOTS] = self.cfg.optim.n_critic  # critic quantities are summed over n_critic updates
-        for index in range(self.steps_per_epoch):
-            x, y = self._batch(order[index * self.batch_size : (index + 1) * self.batch_size])
-            step_acc = torch.zeros(len(LOSS_NAMES), device=self.device)
-            self._train_step(x, y, self._kl_scale(index), adversarial, step_acc)
-            acc += step_acc
-            window += step_acc
-            self.step += 1
-            if self.step % self.cfg.train.log_every == 0:
-                stats = self._check_finite(window, counts * self.cfg.train.log_every)
-                window.zero_()
-                if on_log is not None:
-                    on_log(self.step, stats)
-        stats = self._check_finite(acc, counts * self.steps_per_epoch)
-        self.epoch += 1
-        seconds = time.perf_counter() - start
-        self.history.append(stats)
-        return EpochStats(self.epoch, stats, seconds, self.steps_per_epoch * self.batch_size / seconds)
-
-    # ------------------------------------------------------------------ inference
+    # ------------------------------------------------------------------ inference with the EMA copy
     def sample(self, labels, seed: int) -> np.ndarray:
         """Prior samples from the EMA decoder: (N, S, S) uint8, deterministic per seed."""
         return sample_images(self.model.ema_decoder, labels, seed, self.model.n_classes > 0, self.device, self.cfg.train.bf16)
 
-    @torch.no_grad()
-    def classify(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
-        """Classes (N,) int64 the auxiliary classifier assigns to (N, S, S) uint8 images."""
-        classifier = self.model.classifier
-        was_training = classifier.training
-        classifier.eval()
-        predictions = []
-        for start in range(0, len(images), batch):
-            x = to_unit(torch.from_numpy(np.ascontiguousarray(images[start : start + batch])).unsqueeze(1).to(self.device))
-            with torch.autocast(**self.autocast):
-                predictions.append(classifier(x).argmax(dim=1).cpu())
-        classifier.train(was_training)
-        return torch.cat(predictions).numpy()
-
     def reconstruct(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Posterior-mean reconstructions with the EMA encoder/decoder: (N, S, S) uint8."""
-        return reconstruct_images(self.model.ema_encoder, self.model.ema_decoder, images, labels, self.model.n_classes > 0, self.device, self.cfg.train.bf16)
+        return reconstruct_images(self.model.ema_encoder, self.model.ema_decoder, images, labels, self.model.n_classes > 0,
+                                  self.device, self.cfg.train.bf16)
+
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """Classes (N,) the auxiliary classifier assigns to (N, S, S) uint8 images."""
+        return predict_classes(self.model.classifier, images, self.cfg.train.bf16)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -354,11 +338,10 @@ class Trainer:
             "opt_c": self.opt_c.state_dict() if self.opt_c is not None else None,
             "epoch": self.epoch,
             "step": self.step,
+            "critic_updates": self.critic_updates,
             "history": self.history,
             "rng_torch": torch.get_rng_state(),
             "rng_shuffle": self.shuffle.get_state(),
-            "image_size": self.image_size,
-            "n_classes": self.model.n_classes,
         }
         if self.cuda:
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -371,6 +354,7 @@ class Trainer:
         if self.opt_c is not None:
             self.opt_c.load_state_dict(state["opt_c"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.critic_updates = int(state.get("critic_updates", 0))
         self.history = list(state["history"])
         torch.set_rng_state(state["rng_torch"])
         self.shuffle.set_state(state["rng_shuffle"])
@@ -378,6 +362,7 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
 
     def save(self, path, extra: dict | None = None) -> None:
+        """A resumable checkpoint (model, EMA, optimisers, counters, RNG) plus ``extra``, atomically."""
         save_atomic({**self.state_dict(), **(extra or {})}, path)
 
     def restore(self, path) -> dict:

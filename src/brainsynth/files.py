@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,13 +11,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 @contextmanager
@@ -37,3 +47,19 @@ def atomic_dir(target: Path):
         os.replace(target, backup)
     os.replace(staging, target)
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def digest(*paths: Path) -> str:
+    """sha256 (16 hex digits) over the files at ``paths`` (folders: every file in them, by
+    relative name); "" when none exists."""
+    hasher = hashlib.sha256()
+    found = False
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+        for file in files:
+            found = True
+            hasher.update(file.relative_to(path.parent).as_posix().encode() + b"\0")
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    hasher.update(block)
+    return hasher.hexdigest()[:16] if found else ""

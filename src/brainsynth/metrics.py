@@ -8,7 +8,7 @@
   Lower is better; 0 means identical patch statistics.
 * ``ms_ssim_pairs``: mean MS-SSIM over random pairs within a set (torchmetrics); lower = more
   diverse. Generated-pair values far above real-pair values signal mode collapse.
-* ``psnr`` / ``ssim``: reconstruction fidelity of paired images (torchmetrics for SSIM).
+* ``psnr`` / ``mean_ssim``: reconstruction fidelity of paired images (torchmetrics).
 
 torchmetrics rather than pytorch-msssim: pytorch-msssim asserts room for 4 downsamplings
 whatever the number of scales requested, which rules out a sensible window at 64×64.
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as _ms_ssim
+from torchmetrics.functional.image import peak_signal_noise_ratio as _psnr
 from torchmetrics.functional.image import structural_similarity_index_measure as _ssim
 
 _MS_SSIM_WEIGHTS = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
@@ -62,11 +63,10 @@ def ms_ssim_pairs(images: np.ndarray, n_pairs: int, seed: int) -> float:
 
 
 def psnr(reference: np.ndarray, test: np.ndarray) -> float:
-    """Mean per-image PSNR in dB (data range 255); identical images count as 100 dB."""
-    diff = reference.astype(np.float64) - test.astype(np.float64)
-    mse = (diff**2).reshape(len(diff), -1).mean(axis=1)
-    values = np.where(mse > 0, 10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-12)), 100.0)
-    return float(values.mean())
+    """Mean per-image PSNR in dB (data range 255, torchmetrics); identical images count as 100 dB."""
+    values = _psnr(torch.from_numpy(np.ascontiguousarray(test)).double(), torch.from_numpy(np.ascontiguousarray(reference)).double(),
+                   data_range=255.0, reduction="none", dim=(1, 2))
+    return float(torch.where(torch.isfinite(values), values, torch.full_like(values, 100.0)).mean())
 
 
 def mean_ssim(reference: np.ndarray, test: np.ndarray) -> float:

@@ -6,6 +6,7 @@ K = number of classes (0 = unconditional). Images are (B, 1, S, S) in [-1, 1].
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -93,30 +94,33 @@ class SelfAttention(nn.Module):
 
 
 class SliceClassifier(nn.Module):
-    """Auxiliary classifier for class-consistent generation (the AC-GAN idea, Odena et al. 2017,
-    as a separate network): trained on real slices, it tells the decoder when a prior sample does
-    not look like the class it was drawn for. Four stages of two 3×3 conv + GroupNorm + SiLU, then
-    2× max-pool; global average pool; linear.
+    """Slice classifier, used twice: as the downstream-utility classifier (TRTR/TSTR, BatchNorm and
+    dropout) and as the optional auxiliary classifier of class-consistent generation (the AC-GAN
+    idea, Odena et al. 2017, as a separate network; GroupNorm). Four stages of two 3×3 conv + norm
+    + ReLU, then 2× max-pool; global average pool; [dropout]; linear.
 
-    GroupNorm, not BatchNorm: it also judges batches of generated images, whose batch statistics
-    must not decide the verdict. A separate network rather than a head on the critic: a class head
-    on the (unnormalised, noise-fed, gradient-penalised) critic stayed at chance on the embedded
-    cohort (cross-entropy = the class-prior entropy after 9 epochs).
+    ``norm="group"`` for the auxiliary classifier: it also judges batches of generated images,
+    whose batch statistics must not decide the verdict. A separate network rather than a head on
+    the critic: a class head on the (unnormalised, noise-fed, gradient-penalised) critic stayed at
+    chance on the embedded cohort.
 
     (B, 1, S, S) → (B, K) logits
     """
 
-    def __init__(self, n_classes: int, width: int = 8):
+    def __init__(self, n_classes: int, width: int = 8, norm: str = "batch", dropout: float = 0.0):
         super().__init__()
+        if norm not in ("batch", "group"):
+            raise ValueError(f"norm must be 'batch' or 'group', got {norm!r}")
         layers: list[nn.Module] = []
         channels = 1
         for out in (width, 2 * width, 4 * width, 8 * width):
             for _ in range(2):
-                layers += [nn.Conv2d(channels, out, 3, padding=1), nn.GroupNorm(_groups(out), out), nn.SiLU()]
+                normaliser = nn.BatchNorm2d(out) if norm == "batch" else nn.GroupNorm(_groups(out), out)
+                layers += [nn.Conv2d(channels, out, 3, padding=1), normaliser, nn.ReLU(inplace=True)]
                 channels = out
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(channels, n_classes)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, n_classes)) if dropout > 0 else nn.Linear(channels, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).mean(dim=(2, 3)))
@@ -302,3 +306,60 @@ class Critic(nn.Module):
         if self.embed is not None:
             score = score + (self.embed(labels) * pooled).sum(dim=1)
         return (score, mid) if features else score
+
+
+class VAEGAN(nn.Module):
+    """The model: encoder, decoder (= generator) and critic, an EMA copy of encoder and decoder
+    for sampling, and (``classifier=True``, conditional only) the auxiliary classifier.
+
+    ``n_classes`` is the number of classes the nets are conditioned on (0 = unconditional).
+    x: (B, 1, S, S) in [-1, 1]; y: (B,) int or None; z, mu, logvar: (B, Z).
+    """
+
+    def __init__(self, cfg: ModelConfig, image_size: int, n_classes: int, spectral_critic: bool = False, classifier: bool = False):
+        super().__init__()
+        self.n_classes = n_classes
+        self.latent_dim = cfg.latent_dim
+        self.encoder = Encoder(cfg, image_size, n_classes)
+        self.decoder = Decoder(cfg, image_size, n_classes)
+        self.critic = Critic(cfg, image_size, n_classes, spectral=spectral_critic)
+        self.ema_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.ema_decoder = copy.deepcopy(self.decoder).requires_grad_(False)
+        self.classifier = SliceClassifier(n_classes, cfg.classifier_width, norm="group") if classifier and n_classes else None
+
+    def labels(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """The labels the nets are given: ``y`` when conditional, else None."""
+        return y if self.n_classes else None
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.parameters()) + list(self.decoder.parameters())
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, 1, S, S) → mu, logvar (B, Z), float32."""
+        mu, logvar = self.encoder(x, self.labels(y))
+        return mu.float(), logvar.float()
+
+    @staticmethod
+    def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I). (B, Z) → (B, Z)"""
+        return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, Z) → images (B, 1, S, S) in [-1, 1]."""
+        return self.decoder(z, self.labels(y))
+
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode, sample the posterior, decode: (recon (B, 1, S, S), mu, logvar)."""
+        mu, logvar = self.encode(x, y)
+        return self.decode(self.reparameterise(mu, logvar).to(x.dtype), y), mu, logvar
+
+    def sample(self, n: int, y: torch.Tensor | None = None, device: torch.device | None = None) -> torch.Tensor:
+        """n images decoded from z ~ N(0, I) with the training decoder: (n, 1, S, S)."""
+        z = torch.randn(n, self.latent_dim, device=device)
+        return self.decode(z, y)
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        """ema ← decay · ema + (1 − decay) · live, for encoder and decoder."""
+        for ema, live in ((self.ema_encoder, self.encoder), (self.ema_decoder, self.decoder)):
+            torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in live.parameters()], 1.0 - decay)

@@ -18,6 +18,10 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from brainsynth.config import Config
+from brainsynth.files import digest
+
+
+_experiment_id: str | None = None  # set by setup()
 
 
 def repo_root() -> Path:
@@ -54,6 +58,8 @@ def setup(cfg: Config) -> str:
     else:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
+    global _experiment_id
+    _experiment_id = experiment_id
     return experiment_id
 
 
@@ -89,3 +95,32 @@ def run_name(stage: str) -> str:
 def log_params_flat(params: dict) -> None:
     """Log params with their params.yaml paths; values longer than MLflow's limit are cut."""
     mlflow.log_params({k: (str(v)[:5000] if v is not None else "null") for k, v in params.items()})
+
+
+# --- lineage without run ids in DVC outputs ------------------------------------------------------
+# A stage tags its run with the digest of what it wrote; the next stage finds that run from the
+# digest of what it reads. Outputs then stay byte-identical for identical results, which is what
+# lets DVC skip the stages downstream of an unchanged output.
+
+OUTPUT_DIGEST_TAG = "output_digest"
+
+
+def tag_outputs(*paths: Path) -> str:
+    """Tag the active run with the digest of the outputs it wrote; returns the digest."""
+    value = digest(*paths)
+    mlflow.set_tag(OUTPUT_DIGEST_TAG, value)
+    return value
+
+
+def find_producer(stage: str, output_digest: str) -> str:
+    """Id of the latest finished ``stage`` run in the active experiment whose outputs had this
+    digest; "" when there is none (e.g. outputs restored by ``dvc checkout`` into a new store)."""
+    if not output_digest:
+        return ""
+    if _experiment_id is None:
+        return ""
+    runs = MlflowClient().search_runs(
+        [_experiment_id],
+        filter_string=f"tags.stage = '{stage}' and tags.{OUTPUT_DIGEST_TAG} = '{output_digest}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else ""

@@ -37,6 +37,15 @@ def labelled_grid(rows: list[np.ndarray], row_labels: list[str], path: Path, tit
     return path
 
 
+def class_grid(sample, class_names: list[str], per_class: int, seed: int, path: Path, title: str = "") -> Path:
+    """Samples, one row per class: ``sample(labels, seed)`` → (N, S, S) uint8 (a model's or
+    trainer's ``sample``), called once with ``per_class`` labels of each class."""
+    names = class_names or ["unlabelled"]
+    images = sample(np.repeat(np.arange(len(names)), per_class), seed)
+    rows = [images[k * per_class : (k + 1) * per_class] for k in range(len(names))]
+    return labelled_grid(rows, names, path, title=title)
+
+
 def class_rows(images: np.ndarray, labels: np.ndarray, class_names: list[str], per_row: int, rng: np.random.Generator) -> tuple[list[np.ndarray], list[str]]:
     """Pick up to ``per_row`` random images of each class."""
     rows, names = [], []

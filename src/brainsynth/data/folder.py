@@ -57,25 +57,33 @@ def decode_image(path: Path, size: int) -> Decoded:
     return Decoded(images=square[None], upsampled=int(max(width, height) < size))
 
 
-def subject_ids(files: list[Path], subject_pattern: str) -> list[str]:
-    """Subject id of each image file from ``data.subject_pattern`` (group 1, else the whole match).
+def subject_ids(keys: list[str], subject_pattern: str) -> list[str]:
+    """The person each unit of data belongs to, from ``data.subject_pattern`` (group 1, else the
+    whole match) searched in its key: the path below ``data.source`` (images, NIfTI) or the DICOM PatientID (else the series folder's path).
 
-    An empty pattern makes every file its own subject. A pattern that misses any file is an error:
-    guessing would let slices of one subject fall into different splits.
+    An empty pattern makes the key itself the subject: the path, never the bare file name, so
+    ``AD/001.png`` and ``CN/001.png`` stay two subjects. A pattern that misses any key is an error:
+    guessing would let slices of one person fall into different splits.
     """
     if not subject_pattern:
-        return [f.stem for f in files]
+        return list(keys)
     pattern = re.compile(subject_pattern)
     ids, misses = [], []
-    for file in files:
-        match = pattern.search(file.name)
+    for key in keys:
+        match = pattern.search(key)
         if match is None:
-            misses.append(file)
+            misses.append(key)
             continue
         ids.append(match.group(1) if match.groups() else match.group(0))
     if misses:
         raise DataError(
-            f"data.subject_pattern '{subject_pattern}' does not match {str(misses[0])!r} ({len(misses)} of {len(files)} files): "
-            "fix the pattern (group 1 = subject id) or set data.subject_pattern to '' to treat every image as its own subject"
+            f"data.subject_pattern '{subject_pattern}' does not match {misses[0]!r} ({len(misses)} of {len(keys)}): "
+            "fix the pattern (group 1 = the person, e.g. '(sub-[^_/]+)' for BIDS) or set data.subject_pattern to '' "
+            "to make each file, volume or series its own subject"
         )
     return ids
+
+
+def subject_key(path: Path, root: Path) -> str:
+    """A file's path below ``root``: ``AD/OAS1_0001_MR1_100.jpg``."""
+    return path.relative_to(root).as_posix()

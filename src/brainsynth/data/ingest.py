@@ -4,9 +4,13 @@ and account for every file that could not be used.
 Layouts (``data.source`` is the root):
 
 * images: ``root/<class>/**/*.png|jpg|tif|bmp`` or a flat ``root/*.jpg`` (one unlabelled class)
-* nifti:  ``root/<class>/**/*.nii[.gz]`` or flat; one volume = one subject
+* nifti:  ``root/<class>/**/*.nii[.gz]`` or flat
 * dicom:  ``root/<class>/**/<series>/*.dcm`` or ``root/<series>/*.dcm``; a series is the DICOM files
-  of one folder; the subject is the PatientID (else the series folder)
+  of one folder
+
+Subjects (persons, never split across train/val/test) come from ``data.subject_pattern`` applied to
+the path below the root (images, NIfTI) or the PatientID (DICOM, else the series folder's path);
+with an empty pattern each file, volume or series is its own subject (``folder.subject_ids``).
 
 Hidden files and folders (``.DS_Store``, ``.dvc``) are ignored. Every other file that gives no
 slice is listed with its reason; above ``data.max_bad_fraction`` of all files the stage fails.
@@ -29,7 +33,7 @@ from tqdm import tqdm
 from brainsynth.config import DataConfig
 from brainsynth.data.embedded import Cohort
 from brainsynth.data.errors import DataError
-from brainsynth.data.folder import Decoded, decode_image, is_image_file, subject_ids
+from brainsynth.data.folder import Decoded, decode_image, is_image_file, subject_ids, subject_key
 from brainsynth.data.volumes import decode_dicom_series, decode_nifti, is_dicom, is_nifti
 
 UNLABELLED = "unlabelled"
@@ -148,16 +152,18 @@ def ingest(cfg: DataConfig) -> Ingested:
     kept = [(unit, cls) for unit, cls in zip(units, unit_class) if cls is not None]
     class_names = sorted({cls for _, cls in kept})
 
-    if kind == "images":
-        subjects = subject_ids([unit for unit, _ in kept], cfg.subject_pattern)  # before decoding: fail fast
-        results = parallel_map(functools.partial(decode_image, size=cfg.image_size), [unit for unit, _ in kept], cfg.workers, "images")
+    if kind in ("images", "nifti"):
+        subjects = subject_ids([subject_key(unit, root) for unit, _ in kept], cfg.subject_pattern)  # before decoding: fail fast
+        decode = decode_image if kind == "images" else functools.partial(decode_nifti, cfg=cfg.volume)
+        results = parallel_map(functools.partial(decode, size=cfg.image_size), [unit for unit, _ in kept], cfg.workers, kind)
         for result, subject in zip(results, subjects):
             result.subject = subject
-    elif kind == "nifti":
-        results = parallel_map(functools.partial(decode_nifti, cfg=cfg.volume, size=cfg.image_size), [unit for unit, _ in kept], cfg.workers, "volumes")
     else:
-        series = [(files_, str(folder.relative_to(root)) or folder.name) for (folder, files_), _ in kept]
+        series = [(files_, folder.relative_to(root).as_posix() if folder != root else folder.name) for (folder, files_), _ in kept]
         results = parallel_map(functools.partial(_decode_series, cfg=cfg, size=cfg.image_size), series, cfg.workers, "series")
+        decoded = [result for result in results if result.images is not None]
+        for result, subject in zip(decoded, subject_ids([result.subject for result in decoded], cfg.subject_pattern)):
+            result.subject = subject
 
     images, labels, subjects_out, upsampled = [], [], [], 0
     for result, (_, cls) in zip(results, kept):

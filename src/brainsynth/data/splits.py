@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from brainsynth.data.errors import DataError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -27,3 +29,23 @@ def split_by_subject(subjects: np.ndarray, labels: np.ndarray, val_fraction: flo
         subject_split[members[n_test : n_test + n_val]] = "val"
         subject_split[members[n_test + n_val :]] = "train"
     return subject_split[inverse].astype(str)
+
+
+def check_subjects_isolated(subjects: np.ndarray, splits: np.ndarray) -> None:
+    """Refuse a split in which one person's slices sit in more than one of train/val/test: a
+    classifier or generator tested on a person it was trained on scores too well."""
+    pairs = np.unique(np.stack([subjects.astype(str), splits.astype(str)]), axis=1)
+    ids, counts = np.unique(pairs[0], return_counts=True)
+    shared = ids[counts > 1]
+    if len(shared):
+        where = sorted(pairs[1][pairs[0] == shared[0]])
+        raise DataError(f"subject {str(shared[0])!r} appears in splits {', '.join(map(str, where))} ({len(shared)} such subjects): "
+                        "slices of one person must stay in one split (check data.subject_pattern)")
+
+
+def subjects_in_several_classes(subjects: np.ndarray, labels: np.ndarray) -> list[str]:
+    """Persons whose slices carry more than one class (a diagnosis that changed between visits,
+    or a subject pattern that merges different people)."""
+    pairs = np.unique(np.stack([subjects.astype(str), labels.astype(str)]), axis=1)
+    ids, counts = np.unique(pairs[0], return_counts=True)
+    return [str(s) for s in ids[counts > 1]]

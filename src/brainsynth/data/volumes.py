@@ -26,11 +26,6 @@ def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def nifti_subject(path: Path) -> str:
-    name = path.name
-    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
-
-
 def is_dicom(path: Path) -> bool:
     """A ``.dcm`` file, or an extension-less file with the DICOM preamble (as scanners write them)."""
     if path.suffix.lower() == DICOM_SUFFIX:
@@ -95,7 +90,7 @@ def decode_nifti(path: Path, cfg: VolumeConfig, size: int) -> Decoded:
     images, reason, upsampled = planes_to_images(planes, row_mm=spacing[in_plane[1]], col_mm=spacing[in_plane[0]], cfg=cfg, size=size)
     if images is None:
         return Decoded(skipped=[(str(path), reason)])
-    return Decoded(images=images, subject=nifti_subject(path), upsampled=upsampled)
+    return Decoded(images=images, upsampled=upsampled)  # the subject comes from its path (ingest)
 
 
 def _slice_position(ds, fallback: int) -> float:

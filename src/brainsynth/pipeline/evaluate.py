@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -30,22 +29,20 @@ import numpy as np
 from brainsynth import metrics as M
 from brainsynth.config import Config
 from brainsynth.data import prepared
-from brainsynth.engine import resolve_device
+from brainsynth.device import resolve_device
+from brainsynth.downstream import accuracy, train_classifier
+from brainsynth.files import atomic_dir
 from brainsynth.inference import SynthModel
-from brainsynth.pipeline.common import atomic_dir, read_json, stage_run, upstream_tags, write_metrics
-from brainsynth.pipeline.train import MODEL_FILE
-from brainsynth.pipeline.train import OUT_DIR as TRAIN_DIR
-from brainsynth.utility import accuracy, train_classifier
-from brainsynth.viz import labelled_grid
-
-OUT_DIR = Path("reports/evaluate")
+from brainsynth.paths import EVALUATE_DIR, MODEL_FILE, PREPARED_DIR
+from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
+from brainsynth.viz import class_grid, labelled_grid
 
 
 def run(cfg: Config, log: logging.Logger) -> None:
     started = time.perf_counter()
-    with stage_run("evaluate", cfg, upstream_tags("train", read_json(TRAIN_DIR / "meta.json", "train"))):
-        data = prepared.load("data/prepared")
-        model = SynthModel.load(TRAIN_DIR / MODEL_FILE, resolve_device(cfg.train.device))
+    with mlflow_run("evaluate", cfg, upstream_tags("train", MODEL_FILE)):
+        data = prepared.load(PREPARED_DIR)
+        model = SynthModel.load(MODEL_FILE, resolve_device(cfg.train.device), cfg.train.bf16)
         ev = cfg.evaluate
         rng = np.random.default_rng(cfg.seed)
         test_images, test_labels = data.split("test")
@@ -60,17 +57,18 @@ def run(cfg: Config, log: logging.Logger) -> None:
         results: dict[str, float] = {"n_images": n}
         results["recon_psnr"] = M.psnr(real, recon)
         results["recon_ssim"] = M.mean_ssim(real, recon)
-        swd = M.swd(real, samples, cfg.seed, ev.swd_patches_per_image, ev.swd_directions)
+        swd_settings = (cfg.swd.patches_per_image, cfg.swd.directions)
+        swd = M.swd(real, samples, cfg.seed, *swd_settings)
         results.update(swd)
         if len(train_images) >= n:
             baseline = train_images[np.sort(rng.choice(len(train_images), n, replace=False))]
-            results["swd_real_baseline"] = M.swd(real, baseline, cfg.seed, ev.swd_patches_per_image, ev.swd_directions)["swd"]
+            results["swd_real_baseline"] = M.swd(real, baseline, cfg.seed, *swd_settings)["swd"]
         results["ms_ssim_samples"] = M.ms_ssim_pairs(samples, ev.n_pairs, cfg.seed)
         results["ms_ssim_real"] = M.ms_ssim_pairs(real, ev.n_pairs, cfg.seed)
         for k, name in enumerate(data.class_names):
             members = real_labels == k
             if members.sum() >= 8 and len(data.class_names) > 1:
-                results[f"swd_{name}"] = M.swd(real[members], samples[members], cfg.seed, ev.swd_patches_per_image, ev.swd_directions)["swd"]
+                results[f"swd_{name}"] = M.swd(real[members], samples[members], cfg.seed, *swd_settings)["swd"]
                 results[f"ms_ssim_samples_{name}"] = M.ms_ssim_pairs(samples[members], ev.n_pairs, cfg.seed)
                 results[f"ms_ssim_real_{name}"] = M.ms_ssim_pairs(real[members], ev.n_pairs, cfg.seed)
         audit = M.memorization_audit(samples, real, train_images)
@@ -95,12 +93,8 @@ def run(cfg: Config, log: logging.Logger) -> None:
         results.update(fid)
         results["seconds"] = round(time.perf_counter() - started, 2)
 
-        with atomic_dir(OUT_DIR) as staging:
-            per_class = 10
-            labels = np.repeat(np.arange(max(len(data.class_names), 1)), per_class)
-            grid = model.sample(labels, cfg.seed + 2)
-            rows = [grid[k * per_class : (k + 1) * per_class] for k in range(len(data.class_names))]
-            labelled_grid(rows, data.class_names, staging / "samples_per_class.png", title="generated samples per class (EMA decoder)")
+        with atomic_dir(EVALUATE_DIR) as staging:
+            class_grid(model.sample, data.class_names, 10, cfg.seed + 2, staging / "samples_per_class.png", "generated samples per class (EMA decoder)")
             m = min(ev.n_recon_examples, n)
             diff = np.abs(real[:m].astype(np.int16) - recon[:m].astype(np.int16)).astype(np.uint8)
             labelled_grid([real[:m], recon[:m], diff], ["input", "reconstruction", "|difference|"], staging / "reconstructions.png",
@@ -121,6 +115,6 @@ def run(cfg: Config, log: logging.Logger) -> None:
         mlflow.set_tags({f"note_{k}": v for k, v in notes.items()})
         for key, note in notes.items():
             log.info("%s: %s", key, note)
-        for png in sorted(OUT_DIR.glob("*.png")):
+        for png in sorted(EVALUATE_DIR.glob("*.png")):
             mlflow.log_artifact(str(png), artifact_path="figures")
         log.info("evaluate: %s", ", ".join(f"{k}={v:.4g}" for k, v in results.items()))

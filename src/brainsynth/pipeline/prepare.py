@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
-
 import mlflow
 import numpy as np
 
@@ -14,16 +12,16 @@ from brainsynth.data import prepared
 from brainsynth.data.embedded import build_cohort
 from brainsynth.data.errors import DataError
 from brainsynth.data.ingest import check_bad_fraction, ingest
-from brainsynth.data.splits import SPLITS, split_by_subject
-from brainsynth.pipeline.common import LOG_DIR, atomic_dir, stage_run, write_metrics
+from brainsynth.data.splits import SPLITS, check_subjects_isolated, split_by_subject, subjects_in_several_classes
+from brainsynth.files import atomic_dir
+from brainsynth.paths import LOG_DIR, PREPARED_DIR, SKIPPED_REPORT
+from brainsynth.pipeline.stage import mlflow_run, write_metrics
+from brainsynth.tracking import tag_outputs
 from brainsynth.viz import class_rows, labelled_grid
-
-OUT_DIR = Path("data/prepared")
-SKIPPED_REPORT = "skipped.csv"
 
 
 def count_table(labels: np.ndarray, subjects: np.ndarray, splits: np.ndarray, class_names: list[str]) -> dict:
-    """Slices per split × class, and subjects per split."""
+    """Slices per split × class, and subjects (persons) per split."""
     counts: dict = {"n_images": int(len(labels)), "n_subjects": int(len(np.unique(subjects)))}
     for split in SPLITS:
         mask = splits == split
@@ -36,7 +34,7 @@ def count_table(labels: np.ndarray, subjects: np.ndarray, splits: np.ndarray, cl
 
 def run(cfg: Config, log: logging.Logger) -> None:
     started = time.perf_counter()
-    with stage_run("prepare", cfg) as run_info:
+    with mlflow_run("prepare", cfg):
         source = cfg.data.source
         file_counts: dict = {}
         ingested = None
@@ -52,7 +50,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
                      ingested.n_files, len(cohort.images), len(ingested.skipped), ingested.upsampled, cfg.data.image_size)
             if ingested.skipped:
                 # The report goes to the MLflow run (and logs/) before the check, so a failed run shows it too.
-                report = ingested.write_report(LOG_DIR / f"prepare_{SKIPPED_REPORT}")
+                report = ingested.write_report(LOG_DIR / f"prepare_{SKIPPED_REPORT.name}")
                 mlflow.log_artifact(str(report))
                 log.warning("skipped %d files: %s (list in %s)", len(ingested.skipped),
                             ", ".join(f"{k.removeprefix('skipped_')}={v}" for k, v in file_counts.items() if k.startswith("skipped_")), report)
@@ -60,7 +58,13 @@ def run(cfg: Config, log: logging.Logger) -> None:
             if ingested.upsampled:
                 log.warning("%d slices came from images smaller than data.image_size=%d and were upsampled", ingested.upsampled, cfg.data.image_size)
         splits = split_by_subject(cohort.subjects, cohort.labels, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+        check_subjects_isolated(cohort.subjects, splits)
         counts = count_table(cohort.labels, cohort.subjects, splits, cohort.class_names)
+        mixed = subjects_in_several_classes(cohort.subjects, cohort.labels)
+        counts["subjects_in_several_classes"] = len(mixed)
+        if mixed:
+            log.warning("%d subject(s) have slices in more than one class (e.g. %r): each is split by its most frequent class; "
+                        "if they are different people, data.subject_pattern merges them", len(mixed), mixed[0])
         if counts["train/n_images"] == 0 or counts["test/n_images"] == 0:
             raise DataError(f"data.source {source!r}: too few subjects ({counts['n_subjects']}) for a train and a test split "
                             "(each class needs at least 3 subjects)")
@@ -71,19 +75,19 @@ def run(cfg: Config, log: logging.Logger) -> None:
             "class_names": cohort.class_names,
             "counts": counts,
             "files": file_counts,
-            "mlflow_run_id": run_info.info.run_id,
         }
-        with atomic_dir(OUT_DIR) as staging:
+        with atomic_dir(PREPARED_DIR) as staging:
             prepared.save(staging, cohort.images, cohort.labels, cohort.subjects, splits, meta)
             if ingested:
-                ingested.write_report(staging / SKIPPED_REPORT)
+                ingested.write_report(staging / SKIPPED_REPORT.name)
             rows, names = class_rows(cohort.images, cohort.labels, cohort.class_names, 10, np.random.default_rng(cfg.seed))
             labelled_grid(rows, names, staging / "preview.png", title=f"prepared cohort ({source}): random slices per class")
         seconds = time.perf_counter() - started
         metrics = {**counts, **file_counts, "seconds": round(seconds, 2)}
         write_metrics("prepare", metrics)
         mlflow.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()})
-        mlflow.log_artifact(str(OUT_DIR / "preview.png"), artifact_path="figures")
-        mlflow.log_artifact(str(OUT_DIR / prepared.META_FILE))
+        tag_outputs(PREPARED_DIR)
+        mlflow.log_artifact(str(PREPARED_DIR / "preview.png"), artifact_path="figures")
+        mlflow.log_artifact(str(PREPARED_DIR / prepared.META_FILE))
         log.info("prepared %d slices of %d subjects in %.1fs: %s", counts["n_images"], counts["n_subjects"], seconds,
                  ", ".join(f"{s}={counts[f'{s}/n_images']}" for s in SPLITS))

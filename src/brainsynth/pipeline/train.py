@@ -1,9 +1,14 @@
-"""train: final training with the tuned parameters laid over params.yaml → models/train/.
+"""train: final training with the tuned values (models/tune/best_params.yaml) laid over params.yaml
+→ models/train/.
 
-Resumable: after every epoch a full checkpoint (model, EMA, optimisers, RNG, epoch, MLflow run id)
-is written atomically to ``checkpoints/train/last.pt`` — outside DVC's outputs, which DVC deletes
-before re-running a stage. Re-running the stage after a kill continues from there, in the same
-MLflow run, provided the config and data are unchanged (a fingerprint decides); on success the
+``train.keep`` decides the one model that leaves this stage — ``best`` (lowest validation objective
+among the validated epochs) or ``last`` — and that model is ``model.pt``, the sample grid, the
+MLflow artifact and the registered model alike; evaluate and generate read nothing else.
+
+Resumable: after every epoch a full checkpoint (model, EMA, optimisers, RNG, counters, MLflow run
+id) is written atomically to ``checkpoints/train/last.pt`` — outside DVC's outputs, which DVC
+deletes before re-running a stage. Re-running the stage after a kill continues from there, in the
+same MLflow run, provided the config and data are unchanged (a fingerprint decides); on success the
 resume checkpoint is removed.
 """
 
@@ -13,42 +18,33 @@ import csv
 import hashlib
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
 import mlflow
-import numpy as np
 
-from brainsynth.checkpoint import CheckpointError, load_safe
-from brainsynth.config import Config
+from brainsynth import tracking
+from brainsynth.checkpoint import CheckpointError, load_model_file, load_safe, save_model_file
+from brainsynth.config import Config, load_overrides
 from brainsynth.data import prepared
 from brainsynth.engine import Trainer
-from brainsynth.inference import save_model
-from brainsynth.pipeline.common import atomic_dir, read_json, stage_run, upstream_tags, write_json_atomic, write_metrics
-from brainsynth.pipeline.tune import BEST_FILE
-from brainsynth.pipeline.tune import OUT_DIR as TUNE_DIR
-from brainsynth.validation import validation_metrics
+from brainsynth.files import atomic_dir, write_json_atomic
+from brainsynth.objective import validation_metrics
+from brainsynth.paths import BEST_CHECKPOINT, BEST_PARAMS, MODEL_FILE, PREPARED_DIR, RESUME_CHECKPOINT, TRAIN_DIR
+from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
 from brainsynth.serving import log_generator
-from brainsynth.viz import labelled_grid, training_curves
-
-OUT_DIR = Path("models/train")
-RESUME_PATH = Path("checkpoints/train/last.pt")
-BEST_PATH = Path("checkpoints/train/best.pt")
-MODEL_FILE = "model.pt"
-BEST_MODEL_FILE = "best.pt"
-_NOT_FINGERPRINTED = ("train.epochs", "train.log_every", "train.sample_every", "mlflow.", "evaluate.", "tune.")
-
-
-def fingerprint(cfg: Config, data: prepared.PreparedData) -> str:
-    """What must match for a checkpoint to be resumed: every training-relevant param + the data."""
-    relevant = {k: v for k, v in cfg.flat().items() if not k.startswith(_NOT_FINGERPRINTED)}
-    blob = json.dumps({"cfg": relevant, "data": data.meta.get("mlflow_run_id"), "counts": data.meta.get("counts")}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
+from brainsynth.viz import class_grid, training_curves
 
 HISTORY_FILE = "history.csv"  # per-epoch training losses (dvc plots)
 VAL_HISTORY_FILE = "val_history.csv"  # validation scores at the epochs they were computed (dvc plots)
+_NOT_FINGERPRINTED = ("train.epochs", "train.log_every", "train.sample_every", "train.keep", "mlflow.", "evaluate.", "tune.", "generate.")
+
+
+def fingerprint(cfg: Config) -> str:
+    """What must match for a checkpoint to be resumed: every training-relevant param + the data."""
+    relevant = {k: v for k, v in cfg.flat().items() if not k.startswith(_NOT_FINGERPRINTED)}
+    blob = json.dumps({"cfg": relevant, "data": tracking.digest(PREPARED_DIR)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def write_history(history: list[dict[str, float]], val_history: list[dict], folder: Path) -> None:
@@ -61,103 +57,105 @@ def write_history(history: list[dict[str, float]], val_history: list[dict], fold
                 writer.writerows(rows)
 
 
-def fixed_sample_labels(n: int, n_classes: int) -> np.ndarray:
-    return np.arange(n) % max(n_classes, 1)
-
-
-def sample_grid(trainer: Trainer, class_names: list[str], per_class: int, seed: int, path: Path, title: str) -> Path:
-    """Fixed-noise samples, one row per class."""
-    n_classes = max(len(class_names), 1)
-    labels = np.repeat(np.arange(n_classes), per_class)
-    images = trainer.sample(labels, seed)
-    rows = [images[k * per_class : (k + 1) * per_class] for k in range(n_classes)]
-    return labelled_grid(rows, class_names, path, title=title)
+def save_ema_model(path: Path, trainer: Trainer, cfg: Config, class_names: list[str]) -> None:
+    model = trainer.model
+    save_model_file(path, cfg.model, trainer.image_size, model.n_classes, class_names, model.ema_encoder, model.ema_decoder)
 
 
 def run(cfg: Config, log: logging.Logger) -> None:
-    tuned = read_json(TUNE_DIR / BEST_FILE, "tune")
-    if tuned.get("params"):
-        log.info("laying tuned parameters over params.yaml: %s", tuned["params"])
-        cfg = cfg.with_overrides(tuned["params"])
-    data = prepared.load("data/prepared")
+    tuned = load_overrides(BEST_PARAMS)
+    if tuned:
+        log.info("laying tuned parameters over params.yaml: %s", tuned)
+        cfg = cfg.with_overrides(tuned)
+    data = prepared.load(PREPARED_DIR)
     train_images, train_labels = data.split("train")
     val_images, val_labels = data.split("val")
     trainer = Trainer(cfg, train_images, train_labels, len(data.class_names))
     log.info("training on %s: %d images, %d steps/epoch, batch %d", trainer.device, len(train_images), trainer.steps_per_epoch, trainer.batch_size)
 
-    print_fp = fingerprint(cfg, data)
+    print_fp = fingerprint(cfg)
     resume_run_id = None
-    best_value = float("inf")
+    best = {"value": float("inf"), "epoch": 0}
     val_history: list[dict] = []
-    if RESUME_PATH.is_file():
+    if RESUME_CHECKPOINT.is_file():
         try:
-            state = load_safe(RESUME_PATH)
+            state = load_safe(RESUME_CHECKPOINT)
         except CheckpointError as err:
             log.warning("ignoring unusable resume checkpoint: %s", err)
             state = None
         if state is not None and state.get("fingerprint") == print_fp and int(state["epoch"]) < cfg.train.epochs:
-            trainer.restore(RESUME_PATH)
+            trainer.restore(RESUME_CHECKPOINT)
             resume_run_id = state.get("mlflow_run_id") or None
-            best_value = float(state.get("best_value", float("inf")))
+            best = {"value": float(state.get("best_value", float("inf"))), "epoch": int(state.get("best_epoch", 0))}
             val_history = list(state.get("val_history", []))
-            log.info("resuming from %s at epoch %d (mlflow run %s)", RESUME_PATH, trainer.epoch, resume_run_id)
+            log.info("resuming from %s at epoch %d (mlflow run %s)", RESUME_CHECKPOINT, trainer.epoch, resume_run_id)
         elif state is not None:
-            log.info("resume checkpoint %s belongs to another config or data: starting fresh", RESUME_PATH)
+            log.info("resume checkpoint %s belongs to another config or data: starting fresh", RESUME_CHECKPOINT)
 
     if resume_run_id is None:
-        BEST_PATH.unlink(missing_ok=True)  # a best model of an earlier, different run
-    upstream = upstream_tags("tune", tuned)
-    tuned_params = {f"tuned.{k}": v for k, v in tuned.get("params", {}).items()}
-    with stage_run("train", cfg, upstream, resume_run_id=resume_run_id, extra_params=tuned_params) as run_info:
+        BEST_CHECKPOINT.unlink(missing_ok=True)  # a best model of an earlier, different run
+    tuned_params = {f"tuned.{k}": v for k, v in tuned.items()}
+    with mlflow_run("train", cfg, upstream_tags("tune", BEST_PARAMS), resume_run_id=resume_run_id, extra_params=tuned_params) as run_info:
         run_id = run_info.info.run_id
         started = time.perf_counter()
         staging_figures = Path("logs/train_samples")
-        scores: dict[str, float] = {}
-        for epoch in range(trainer.epoch, cfg.train.epochs):
-            stats = trainer.train_epoch(on_log=lambda step, s: mlflow.log_metrics({f"step_{k}": v for k, v in s.items()}, step=step))
+        for _ in range(trainer.epoch, cfg.train.epochs):
+            stats = trainer.train_epoch(on_log=lambda step, means: mlflow.log_metrics({f"step_{k}": v for k, v in means.items()}, step=step))
             epoch_metrics = {**{f"train_{k}": v for k, v in stats.losses.items()}, "images_per_second": stats.images_per_second, "epoch_seconds": stats.seconds}
-            last = stats.epoch == cfg.train.epochs
-            if len(val_images) and (stats.epoch % cfg.train.sample_every == 0 or last):
-                scores = validation_metrics(trainer, val_images, val_labels, cfg.tune.eval_images, cfg.seed, cfg.tune.recon_weight, cfg.tune.objective)
+            if len(val_images) and (stats.epoch % cfg.train.sample_every == 0 or stats.epoch == cfg.train.epochs):
+                scores = validation_metrics(trainer, val_images, val_labels, cfg)
                 epoch_metrics.update(scores)
                 val_history.append({"epoch": stats.epoch, **scores})
-                path = sample_grid(trainer, data.class_names, 8, cfg.seed, staging_figures / f"epoch_{stats.epoch:04d}.png", f"fixed-noise samples, epoch {stats.epoch}")
+                path = class_grid(trainer.sample, data.class_names, 8, cfg.seed, staging_figures / f"epoch_{stats.epoch:04d}.png",
+                                  f"fixed-noise samples, epoch {stats.epoch}")
                 mlflow.log_artifact(str(path), artifact_path="samples")
-                if scores["val_objective"] < best_value:
-                    best_value = scores["val_objective"]
-                    save_model(BEST_PATH, cfg, trainer.model.ema_encoder, trainer.model.ema_decoder, trainer.image_size,
-                               trainer.model.n_classes, data.class_names, run_id)
-                    log.info("new best val_objective %.3f at epoch %d", best_value, stats.epoch)
+                if scores["val_objective"] < best["value"]:
+                    best = {"value": scores["val_objective"], "epoch": stats.epoch}
+                    save_ema_model(BEST_CHECKPOINT, trainer, cfg, data.class_names)
+                    log.info("new best val_objective %.3f at epoch %d", best["value"], stats.epoch)
             mlflow.log_metrics(epoch_metrics, step=stats.epoch)
             log.info("epoch %d/%d %.1fs (%.0f img/s): %s", stats.epoch, cfg.train.epochs, stats.seconds, stats.images_per_second,
                      ", ".join(f"{k}={v:.4f}" for k, v in stats.losses.items()))
-            trainer.save(RESUME_PATH, {"fingerprint": print_fp, "mlflow_run_id": run_id, "best_value": best_value,
-                                        "val_history": val_history})
+            trainer.save(RESUME_CHECKPOINT, {"fingerprint": print_fp, "mlflow_run_id": run_id, "best_value": best["value"],
+                                              "best_epoch": best["epoch"], "val_history": val_history})
 
-        with atomic_dir(OUT_DIR) as staging:
-            save_model(staging / MODEL_FILE, cfg, trainer.model.ema_encoder, trainer.model.ema_decoder, trainer.image_size,
-                       trainer.model.n_classes, data.class_names, run_id)
-            sample_grid(trainer, data.class_names, 10, cfg.seed, staging / "samples.png", f"final samples (EMA decoder), {cfg.train.epochs} epochs")
-            if BEST_PATH.is_file():
-                shutil.copy2(BEST_PATH, staging / BEST_MODEL_FILE)
+        kept_epoch = keep_model(trainer, cfg, best, log)
+        with atomic_dir(TRAIN_DIR) as staging:
+            save_ema_model(staging / MODEL_FILE.name, trainer, cfg, data.class_names)
+            class_grid(trainer.sample, data.class_names, 10, cfg.seed, staging / "samples.png",
+                       f"samples of the kept model (EMA decoder, epoch {kept_epoch} of {cfg.train.epochs})")
             write_history(trainer.history, val_history, staging)
             training_curves(trainer.history, val_history, staging / "training_curves.png")
-            write_json_atomic(staging / "meta.json", {"mlflow_run_id": run_id, "epochs": cfg.train.epochs, "device": str(trainer.device),
-                                                     "tuned_params": tuned.get("params", {}), "fingerprint": print_fp})
-        history = trainer.history[-1] if trainer.history else {}
-        metrics = {**{f"final_{k}": v for k, v in history.items()}, **scores, "epochs": trainer.epoch,
-                   "best_val_objective": best_value if best_value != float("inf") else None,
+            write_json_atomic(staging / "meta.json", {"epochs": cfg.train.epochs, "kept_epoch": kept_epoch, "keep": cfg.train.keep,
+                                                     "device": str(trainer.device), "tuned_params": tuned, "fingerprint": print_fp})
+        tracking.tag_outputs(MODEL_FILE)
+        kept_scores = next((row for row in val_history if row["epoch"] == kept_epoch), {})
+        final = trainer.history[-1] if trainer.history else {}
+        metrics = {**{f"final_{k}": v for k, v in final.items()}, **{k: v for k, v in kept_scores.items() if k != "epoch"},
+                   "epochs": trainer.epoch, "kept_epoch": kept_epoch,
+                   "best_val_objective": best["value"] if best["epoch"] else None,
                    "train_seconds_this_run": round(time.perf_counter() - started, 2)}
         write_metrics("train", metrics)
         mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None and not k.startswith(("final_", "val_"))})
-        mlflow.log_artifact(str(OUT_DIR / "samples.png"), artifact_path="figures")
-        mlflow.log_artifact(str(OUT_DIR / "training_curves.png"), artifact_path="figures")
-        mlflow.log_artifact(str(OUT_DIR / MODEL_FILE), artifact_path="model")
-        if (OUT_DIR / BEST_MODEL_FILE).is_file():
-            mlflow.log_artifact(str(OUT_DIR / BEST_MODEL_FILE), artifact_path="model")
+        for figure in ("samples.png", "training_curves.png"):
+            mlflow.log_artifact(str(TRAIN_DIR / figure), artifact_path="figures")
+        mlflow.log_artifact(str(MODEL_FILE), artifact_path="model")
         if cfg.mlflow.registered_model:
-            uri = log_generator(OUT_DIR / MODEL_FILE, cfg.mlflow.registered_model)
+            uri = log_generator(MODEL_FILE, cfg.mlflow.registered_model)
             log.info("registered %s as MLflow model %r (pyfunc: predict({'n': 8, 'class': 0, 'seed': 0}))", uri, cfg.mlflow.registered_model)
-        RESUME_PATH.unlink(missing_ok=True)
-        BEST_PATH.unlink(missing_ok=True)
-        log.info("model written to %s", OUT_DIR / MODEL_FILE)
+        RESUME_CHECKPOINT.unlink(missing_ok=True)
+        BEST_CHECKPOINT.unlink(missing_ok=True)
+        log.info("model (epoch %d, train.keep = %s) written to %s", kept_epoch, cfg.train.keep, MODEL_FILE)
+
+
+def keep_model(trainer: Trainer, cfg: Config, best: dict, log: logging.Logger) -> int:
+    """Put the model ``train.keep`` asks for into the trainer's EMA encoder/decoder; returns its epoch."""
+    if cfg.train.keep == "last" or best["epoch"] in (0, trainer.epoch):
+        if cfg.train.keep == "best" and best["epoch"] == 0:
+            log.warning("train.keep = best but no epoch was validated (no validation split): keeping the last epoch")
+        return trainer.epoch
+    stored = load_model_file(BEST_CHECKPOINT)
+    trainer.model.ema_encoder.load_state_dict(stored.encoder)
+    trainer.model.ema_decoder.load_state_dict(stored.decoder)
+    log.info("train.keep = best: the model of epoch %d (val_objective %.3f) replaces the last epoch's", best["epoch"], best["value"])
+    return best["epoch"]

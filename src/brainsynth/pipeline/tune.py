@@ -1,4 +1,6 @@
-"""tune: an Optuna study over ``tune.search_space``; best parameters → models/tune/best_params.json.
+"""tune: an Optuna study over ``tune.search_space`` → models/tune/best_params.yaml, a params file
+that dvc.yaml lists under the train stage's ``params:``, so ``dvc params diff`` and ``dvc exp show``
+show the values train actually used.
 
 * Persistence: the study lives in ``tune.storage`` — by default the journal file
   ``models/tune/study.journal`` (the DVC out is ``persist: true``, so DVC keeps it across re-runs), or
@@ -16,6 +18,9 @@
 * The first trial of a new study uses the params.yaml values, and the tuned values replace them only
   when the best trial beats that trial by ``tune.min_improvement`` (relative): the short-horizon
   objective is noisy, and a trial that wins by noise can train a much worse final model.
+* A trial is a shrunken copy of the final training: ``tune.epochs`` epochs with the KL warm-up and
+  the adversarial start scaled by ``tune.epochs / train.epochs``, so every trial goes through the
+  same phases (full KL weight, adversarial training) that decide the final model's score.
 * ``tune.enabled: false`` or ``tune.n_trials: 0`` writes empty best parameters: train uses params.yaml.
 """
 
@@ -33,28 +38,29 @@ import time
 import warnings
 from pathlib import Path
 
+import yaml
 import mlflow
 import numpy as np
 import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from brainsynth import engine, inference, losses, metrics, nets, tracking, validation
+from brainsynth import engine, inference, losses, metrics, nets, objective, tracking
 from brainsynth.config import Config, SearchDimension, validate
 from brainsynth.data import prepared
+from brainsynth.device import resolve_device
 from brainsynth.engine import DivergenceError, Trainer
-from brainsynth.pipeline.common import LOG_DIR, NOISY_LOGGERS, StageError, stage_run, upstream_tags, write_json_atomic, write_metrics
-from brainsynth.validation import validation_metrics
-from brainsynth.viz import labelled_grid
+from brainsynth.files import write_text_atomic
+from brainsynth.objective import validation_metrics
+from brainsynth.paths import BEST_PARAMS, LOG_DIR, PREPARED_DIR, STUDY_JOURNAL
+from brainsynth.pipeline.stage import NOISY_LOGGERS, StageError, mlflow_run, upstream_tags, write_metrics
+from brainsynth.viz import class_grid
 
-OUT_DIR = Path("models/tune")
-BEST_FILE = "best_params.json"
-JOURNAL_FILE = "study.journal"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that do not change what a trial computes: changing them continues the same study.
-_NOT_IN_STUDY_KEY = ("tune.n_trials", "tune.n_workers", "tune.storage", "tune.min_improvement", "mlflow.", "evaluate.", "train.epochs",
-                     "train.sample_every", "train.log_every", "train.n_sample_images")
-_TRIAL_CODE = (engine, nets, losses, validation, metrics, inference)
+_NOT_IN_STUDY_KEY = ("tune.n_trials", "tune.n_workers", "tune.storage", "tune.min_improvement", "mlflow.", "evaluate.", "generate.",
+                     "train.sample_every", "train.log_every", "train.n_sample_images", "train.keep")
+_TRIAL_CODE = (engine, nets, losses, objective, metrics, inference)
 
 log = logging.getLogger("brainsynth.tune")
 
@@ -62,11 +68,11 @@ log = logging.getLogger("brainsynth.tune")
 # --- the study: name, storage, sampler, pruner ---------------------------------------------------
 
 
-def study_name(cfg: Config, data: prepared.PreparedData) -> str:
+def study_name(cfg: Config) -> str:
     relevant = {k: v for k, v in cfg.flat().items() if not k.startswith(_NOT_IN_STUDY_KEY)}
     files = [Path(m.__file__) for m in _TRIAL_CODE] + [Path(__file__)]  # this module holds the trial loop
     code = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
-    blob = json.dumps({"cfg": relevant, "data": data.meta.get("mlflow_run_id"), "code": code}, sort_keys=True, default=str)
+    blob = json.dumps({"cfg": relevant, "data": tracking.digest(PREPARED_DIR), "code": code}, sort_keys=True, default=str)
     return "tune-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -79,7 +85,7 @@ def open_storage(cfg: Config) -> optuna.storages.BaseStorage:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(target, heartbeat_interval=60, grace_period=180)
-        path = Path(target) if target else OUT_DIR / JOURNAL_FILE
+        path = Path(target) if target else STUDY_JOURNAL
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     except Exception as err:  # bad URL, missing DB driver, unreachable server, unwritable folder
@@ -110,20 +116,15 @@ def count_states(study: optuna.Study) -> dict[str, int]:
             "n_running": states.count(TrialState.RUNNING)}
 
 
-class StopWhenDone:
-    """Optuna callback: stop once ``n_trials`` trials finished (complete or pruned) — counted over
-    the whole study, so resumed runs and parallel workers share the budget — or as many failed."""
+def stop_callbacks(n_trials: int) -> list:
+    """Stop once ``n_trials`` trials finished (complete or pruned) — counted over the whole study,
+    so resumed runs and parallel workers share the budget — or as many failed."""
+    return [optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.FAIL,))]
 
-    def __init__(self, n_trials: int):
-        self.n_trials = n_trials
 
-    def done(self, study: optuna.Study) -> bool:
-        counts = count_states(study)
-        return counts["n_complete"] + counts["n_pruned"] >= self.n_trials or counts["n_failed"] >= self.n_trials
-
-    def __call__(self, study: optuna.Study, trial) -> None:
-        if self.done(study):
-            study.stop()
+def study_done(study: optuna.Study, n_trials: int) -> bool:
+    counts = count_states(study)
+    return counts["n_complete"] + counts["n_pruned"] >= n_trials or counts["n_failed"] >= n_trials
 
 
 def fail_stale_trials(study: optuna.Study, cfg: Config) -> int:
@@ -147,12 +148,25 @@ def fail_stale_trials(study: optuna.Study, cfg: Config) -> int:
 # --- one trial -----------------------------------------------------------------------------------
 
 
+def _scalar_choices(dim: SearchDimension) -> bool:
+    return all(c is None or isinstance(c, (bool, int, float, str)) for c in dim.choices)
+
+
+def encode_choice(dim: SearchDimension, value):
+    """A categorical value as Optuna stores it: scalars as they are, lists (e.g. attention
+    resolutions) as JSON text, since Optuna's categorical values must be scalars."""
+    return value if _scalar_choices(dim) else json.dumps(value)
+
+
+def decode_choice(dim: SearchDimension, value):
+    """The inverse of ``encode_choice``."""
+    return value if _scalar_choices(dim) else json.loads(value)
+
+
 def suggest(trial: optuna.Trial, name: str, dim: SearchDimension):
+    """The trial's value for one dimension, as a config value."""
     if dim.type == "categorical":
-        # Optuna's categorical values must be scalars; lists (e.g. attention resolutions) travel as JSON.
-        if all(c is None or isinstance(c, (bool, int, float, str)) for c in dim.choices):
-            return trial.suggest_categorical(name, dim.choices)
-        return json.loads(trial.suggest_categorical(name, [json.dumps(c) for c in dim.choices]))
+        return decode_choice(dim, trial.suggest_categorical(name, [encode_choice(dim, c) for c in dim.choices]))
     if dim.type == "int":
         return trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log)
     return trial.suggest_float(name, dim.low, dim.high, log=dim.log)
@@ -179,8 +193,7 @@ def baseline_params(cfg: Config, space: dict[str, SearchDimension]) -> dict:
         value = current.get(name)
         if dim.type == "categorical":
             if value in dim.choices:
-                scalar = all(c is None or isinstance(c, (bool, int, float, str)) for c in dim.choices)
-                baseline[name] = value if scalar else json.dumps(value)
+                baseline[name] = encode_choice(dim, value)
         elif isinstance(value, (int, float)) and dim.low <= value <= dim.high:
             baseline[name] = int(value) if dim.type == "int" else float(value)
     return baseline
@@ -210,6 +223,17 @@ def trial_data(cfg: Config, data: prepared.PreparedData, quiet: bool = False):
     return train_images, train_labels, val_images, val_labels
 
 
+def trial_config(cfg: Config, overrides: dict) -> Config:
+    """The config of one trial: the suggested values, ``tune.epochs`` epochs, and the KL warm-up and
+    adversarial start scaled by ``tune.epochs / train.epochs`` so that a trial goes through every
+    phase of the final training (with 2 of 15 epochs unscaled, it never reached full KL weight)."""
+    scale = cfg.tune.epochs / cfg.train.epochs
+    merged = cfg.with_overrides(overrides)
+    return merged.with_overrides({"train.epochs": cfg.tune.epochs,
+                                  "loss.kl_warmup_epochs": merged.loss.kl_warmup_epochs * scale,
+                                  "loss.adv_start_epoch": merged.loss.adv_start_epoch * scale})
+
+
 class Objective:
     """Trains one trial for ``tune.epochs`` epochs, reporting the validation objective each epoch."""
 
@@ -228,12 +252,12 @@ class Objective:
         mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in overrides.items()})
         state, status = "COMPLETE", "FINISHED"
         try:
-            trial_cfg = cfg.with_overrides({**overrides, "train.epochs": cfg.tune.epochs})
+            trial_cfg = trial_config(cfg, overrides)
             trainer = Trainer(trial_cfg, train_images, train_labels, len(self.class_names), device=self.device)
             value = math.inf
             for epoch in range(cfg.tune.epochs):
                 stats = trainer.train_epoch()
-                scores = validation_metrics(trainer, val_images, val_labels, cfg.tune.eval_images, cfg.seed, cfg.tune.recon_weight, cfg.tune.objective)
+                scores = validation_metrics(trainer, val_images, val_labels, trial_cfg)
                 value = scores["val_objective"]
                 mlflow.log_metrics({**{f"train_{k}": v for k, v in stats.losses.items()}, **scores}, step=epoch + 1)
                 log.info("trial %d epoch %d: objective %.3f (swd %.2f, mae %.2f)", trial.number, epoch + 1, value, scores["val_swd"], scores["val_recon_mae"])
@@ -243,10 +267,8 @@ class Objective:
                 if trial.should_prune():
                     state = "PRUNED"
                     raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}")
-            samples = trainer.sample(np.repeat(np.arange(len(self.class_names)), 6), cfg.seed)
-            rows = [samples[k * 6 : (k + 1) * 6] for k in range(len(self.class_names))]
-            path = LOG_DIR / f"tune_trial_{trial.number:03d}.png"
-            labelled_grid(rows, self.class_names, path, title=f"trial {trial.number}: objective {value:.2f}")
+            path = class_grid(trainer.sample, self.class_names, 6, cfg.seed, LOG_DIR / f"tune_trial_{trial.number:03d}.png",
+                              f"trial {trial.number}: objective {value:.2f}")
             mlflow.log_artifact(str(path), artifact_path="samples")
             mlflow.log_metric("objective", value)
             return value
@@ -274,7 +296,7 @@ def worker_device(cfg: Config, index: int):
     """Worker ``index`` trains on GPU ``index % n_gpus`` when there are several; else the default."""
     import torch
 
-    device = engine.resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
     if device.type == "cuda" and torch.cuda.device_count() > 1:
         device = torch.device("cuda", index % torch.cuda.device_count())
         torch.cuda.set_device(device)
@@ -301,14 +323,13 @@ def worker_main(raw_cfg: dict, name: str, parent_run_id: str, index: int, tracki
     cfg = validate(raw_cfg, source="tune worker")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.tune.n_workers))
     mlflow.set_tracking_uri(tracking_uri)
-    data = prepared.load("data/prepared")
+    data = prepared.load(PREPARED_DIR)
     study = optuna.load_study(study_name=name, storage=open_storage(cfg), sampler=make_sampler(cfg, stream + index),
                               pruner=make_pruner(cfg))
     objective = Objective(cfg, data, parent_run_id, worker_device(cfg, index), quiet=True)
-    stopper = StopWhenDone(cfg.tune.n_trials)
     try:
-        if not stopper.done(study):
-            study.optimize(objective, callbacks=[stopper], catch=(RuntimeError,))
+        if not study_done(study, cfg.tune.n_trials):
+            study.optimize(objective, callbacks=stop_callbacks(cfg.tune.n_trials), catch=(RuntimeError,))
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -341,48 +362,25 @@ def run_workers(cfg: Config, name: str, parent_run_id: str, stream: int) -> None
 
 
 def run(cfg: Config, log: logging.Logger) -> None:
-    data = prepared.load("data/prepared")
-    upstream = upstream_tags("prepare", data.meta)
+    data = prepared.load(PREPARED_DIR)
+    upstream = upstream_tags("prepare", PREPARED_DIR)
     started = time.perf_counter()
     enabled = cfg.tune.enabled and cfg.tune.n_trials > 0 and bool(cfg.tune.search_space)
     study, resume_run_id = None, None
     if enabled:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        name = study_name(cfg, data)
-        storage = open_storage(cfg)
-        study = optuna.create_study(study_name=name, storage=storage, direction=validation.DIRECTION, load_if_exists=True)
+        study = optuna.create_study(study_name=study_name(cfg), storage=open_storage(cfg), direction=objective.DIRECTION, load_if_exists=True)
         resume_run_id = _existing_run(study.user_attrs.get("mlflow_run_id"))
         if resume_run_id:
-            log.info("continuing study %s (%s) in MLflow run %s", name, count_states(study), resume_run_id)
-    with stage_run("tune", cfg, upstream, resume_run_id=resume_run_id) as parent:
-        result = {"params": {}, "value": None, "trial": None, "mlflow_run_id": parent.info.run_id, "enabled": enabled}
+            log.info("continuing study %s (%s) in MLflow run %s", study.study_name, count_states(study), resume_run_id)
+    with mlflow_run("tune", cfg, upstream, resume_run_id=resume_run_id) as parent:
+        chosen_params: dict = {}
         summary = {"n_trials": 0, "n_complete": 0, "n_pruned": 0, "n_failed": 0}
-        trials_this_run = 0
+        trials_this_run, best_value = 0, None
         if not enabled:
             log.info("tuning disabled (tune.enabled=%s, n_trials=%d): train uses params.yaml as written", cfg.tune.enabled, cfg.tune.n_trials)
         else:
-            study.set_user_attr("mlflow_run_id", parent.info.run_id)
-            mlflow.set_tags({"optuna_study": study.study_name, "optuna_storage": cfg.tune.storage or str(OUT_DIR / JOURNAL_FILE),
-                             "objective": cfg.tune.objective, "direction": validation.DIRECTION})
-            stale = fail_stale_trials(study, cfg)
-            if stale:
-                log.warning("%d trial(s) left running by an interrupted run marked FAIL", stale)
-            before = count_states(study)["n_trials"]
-            if before == 0:
-                baseline = baseline_params(cfg, search_space(cfg, quiet=True))
-                study.enqueue_trial(baseline, skip_if_exists=True)
-                log.info("first trial: the params.yaml values %s", baseline)
-            stopper = StopWhenDone(cfg.tune.n_trials)
-            if stopper.done(study):
-                log.info("study %s already has %d finished trials: nothing to run", study.study_name, cfg.tune.n_trials)
-            elif cfg.tune.n_workers > 1:
-                log.info("study %s: %d workers on %s", study.study_name, cfg.tune.n_workers, cfg.tune.storage or OUT_DIR / JOURNAL_FILE)
-                run_workers(cfg, study.study_name, parent.info.run_id, stream=before)
-            else:
-                study.sampler = make_sampler(cfg, stream=before)
-                study.pruner = make_pruner(cfg)
-                objective = Objective(cfg, data, parent.info.run_id)
-                study.optimize(objective, callbacks=[stopper], catch=(RuntimeError,))
+            before = optimise(study, cfg, data, parent.info.run_id, log)
             counts = count_states(study)
             trials_this_run = counts["n_trials"] - before
             summary = {k: counts[k] for k in summary}
@@ -393,31 +391,69 @@ def run(cfg: Config, log: logging.Logger) -> None:
                     log.info("best trial %d (%.4g) beats the params.yaml trial %d (%.4g) by less than tune.min_improvement = %g: "
                              "train keeps the params.yaml values", best.number, best.value, chosen.number, chosen.value,
                              cfg.tune.min_improvement)
-                result.update(params=_decoded(chosen.params, cfg), value=chosen.value, trial=chosen.number)
+                chosen_params = decoded_params(chosen.params, cfg)
+                best_value = chosen.value
                 mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
-                mlflow.log_metrics({"best_value": best.value, "chosen_trial": chosen.number})
+                mlflow.log_metrics({"best_value": best.value, "chosen_trial": chosen.number, "chosen_value": chosen.value})
                 log_study_plots(study, log)
             else:
                 log.warning("no trial completed: train uses params.yaml as written")
-        OUT_DIR.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(OUT_DIR / BEST_FILE, result)
+        write_best_params(chosen_params)
+        tracking.tag_outputs(BEST_PARAMS)
         seconds = time.perf_counter() - started
-        metrics_out = {**summary, "trials_this_run": trials_this_run, "best_value": result["value"], "seconds": round(seconds, 2)}
+        metrics_out = {**summary, "trials_this_run": trials_this_run, "best_value": best_value, "seconds": round(seconds, 2)}
         write_metrics("tune", metrics_out)
         mlflow.log_metrics({k: v for k, v in metrics_out.items() if v is not None})
-        mlflow.log_artifact(str(OUT_DIR / BEST_FILE))
-        log.info("tune finished in %.1fs: %s; best %s = %s", seconds, summary, result["params"], result["value"])
+        mlflow.log_artifact(str(BEST_PARAMS))
+        log.info("tune finished in %.1fs: %s; train uses %s (objective %s)", seconds, summary, chosen_params or "params.yaml", best_value)
 
 
-def _decoded(params: dict, cfg: Config) -> dict:
-    """Best params as config values: JSON-encoded categorical choices (lists) decoded back."""
+def optimise(study: optuna.Study, cfg: Config, data: prepared.PreparedData, parent_run_id: str, log: logging.Logger) -> int:
+    """Run the study up to ``tune.n_trials`` finished trials, here or in worker processes.
+    Returns the number of trials it had before."""
+    study.set_user_attr("mlflow_run_id", parent_run_id)
+    mlflow.set_tags({"optuna_study": study.study_name, "optuna_storage": cfg.tune.storage or str(STUDY_JOURNAL),
+                     "objective": cfg.tune.objective, "direction": objective.DIRECTION})
+    stale = fail_stale_trials(study, cfg)
+    if stale:
+        log.warning("%d trial(s) left running by an interrupted run marked FAIL", stale)
+    before = count_states(study)["n_trials"]
+    if before == 0:
+        baseline = baseline_params(cfg, search_space(cfg, quiet=True))
+        study.enqueue_trial(baseline, skip_if_exists=True)
+        log.info("first trial: the params.yaml values %s", baseline)
+    if study_done(study, cfg.tune.n_trials):
+        log.info("study %s already has %d finished trials: nothing to run", study.study_name, cfg.tune.n_trials)
+    elif cfg.tune.n_workers > 1:
+        log.info("study %s: %d workers on %s", study.study_name, cfg.tune.n_workers, cfg.tune.storage or STUDY_JOURNAL)
+        run_workers(cfg, study.study_name, parent_run_id, stream=before)
+    else:
+        study.sampler = make_sampler(cfg, stream=before)
+        study.pruner = make_pruner(cfg)
+        study.optimize(Objective(cfg, data, parent_run_id), callbacks=stop_callbacks(cfg.tune.n_trials), catch=(RuntimeError,))
+    return before
+
+
+def decoded_params(params: dict, cfg: Config) -> dict:
+    """A trial's params (Optuna's encoding) as config values."""
     out = {}
     for key, value in params.items():
         dim = cfg.tune.search_space.get(key)
-        if dim is not None and dim.type == "categorical" and isinstance(value, str) and value not in dim.choices:
-            value = json.loads(value)
-        out[key] = value
+        out[key] = decode_choice(dim, value) if dim is not None and dim.type == "categorical" else value
     return out
+
+
+def write_best_params(params: dict) -> None:
+    """``models/tune/best_params.yaml``: the chosen values as a nested params file ({} = none)."""
+    nested: dict = {}
+    for key, value in sorted(params.items()):
+        *sections, leaf = key.split(".")
+        node = nested
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    header = "# written by the tune stage: the values train lays over params.yaml (dvc params diff shows them)\n"
+    write_text_atomic(BEST_PARAMS, header + yaml.safe_dump(nested, sort_keys=True, default_flow_style=None))
 
 
 def _existing_run(run_id: str | None) -> str | None:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from brainsynth.checkpoint import CheckpointError
-from brainsynth.files import atomic_dir
+from brainsynth.files import atomic_dir, digest
 from brainsynth.inference import SynthModel
 
 
@@ -48,7 +48,7 @@ def resolve_model_file(source: str) -> Path:
     return candidates[0]
 
 
-def export(model: SynthModel, out_dir: Path, n_per_class: int, seed: int, nifti: bool, model_source: str) -> dict:
+def export(model: SynthModel, out_dir: Path, n_per_class: int, seed: int, nifti: bool, model_source: str, model_digest: str = "") -> dict:
     """Write the images and manifest into ``out_dir`` atomically (a temp folder moved into place)."""
     class_names = model.class_names or ["unlabelled"]
     with atomic_dir(Path(out_dir)) as staging:
@@ -69,8 +69,8 @@ def export(model: SynthModel, out_dir: Path, n_per_class: int, seed: int, nifti:
                 # RAS orientation shows the slices upright in a viewer, as the PNGs are.
                 volume = np.ascontiguousarray(np.transpose(images[:, ::-1, :], (2, 1, 0)))
                 nib.save(nib.Nifti1Image(volume, np.eye(4)), staging / f"{_safe(name)}.nii.gz")
-        manifest = {"model": model_source, "model_run_id": model.run_id, "seed": seed, "n_per_class": n_per_class,
-                    "image_size": model.image_size, "classes": class_names, "nifti": nifti, "files": files}
+        manifest = {"model": model_source, "model_digest": model_digest, "seed": seed,
+                    "n_per_class": n_per_class, "image_size": model.image_size, "classes": class_names, "nifti": nifti, "files": files}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_per_class < 1:
         parser.error(f"--n-per-class must be at least 1 (got {args.n_per_class})")
     try:
-        model = SynthModel.load(resolve_model_file(args.model), args.device)
-        manifest = export(model, Path(args.out), args.n_per_class, args.seed, args.nifti, args.model)
+        model_file = resolve_model_file(args.model)
+        model = SynthModel.load(model_file, args.device)
+        manifest = export(model, Path(args.out), args.n_per_class, args.seed, args.nifti, args.model, digest(model_file))
     except (CheckpointError, OSError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 1

@@ -1,11 +1,14 @@
-"""What every stage does around its own work: validate params, log to file and terminal, open
-one MLflow run, turn any failure into a one-line error + FAILED run + non-zero exit, and write
-outputs atomically so a failed stage never leaves earlier results half-overwritten."""
+"""What every stage does around its own work: log to file and terminal, open one MLflow run, turn
+any failure into a one-line error + FAILED run + non-zero exit, and write outputs atomically so a
+failed stage never leaves earlier results half-overwritten.
+
+``run_stage`` is a stage process's entry point; ``mlflow_run`` is the MLflow run inside it."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -15,21 +18,19 @@ from typing import Callable
 
 import mlflow
 
+from brainsynth import config as config_module
 from brainsynth import tracking
-from brainsynth.checkpoint import CheckpointError
 from brainsynth.config import Config, ConfigError, load
 from brainsynth.data.errors import DataError
-from brainsynth.engine import DivergenceError
-from brainsynth.files import atomic_dir, write_json_atomic  # noqa: F401 (stages import them from here)
+from brainsynth.errors import CheckpointError, DivergenceError, StageError
+from brainsynth.files import write_json_atomic
+from brainsynth.paths import LOG_DIR, METRICS_DIR
 
-LOG_DIR = Path("logs")
-METRICS_DIR = Path("metrics")
+# Set to a folder, every stage writes the params it read to <folder>/<stage>.txt (tests compare
+# them with dvc.yaml's declarations).
+RECORD_PARAMS_ENV = "BRAINSYNTH_RECORD_PARAMS"
 
 log = logging.getLogger("brainsynth")
-
-
-class StageError(RuntimeError):
-    """A stage-level problem a user can act on (missing upstream output, …)."""
 
 
 # Failures a user can act on: one line, no traceback.
@@ -57,27 +58,27 @@ def write_metrics(stage: str, metrics: dict) -> Path:
     return path
 
 
-def upstream_tags(stage: str, meta: dict) -> dict[str, str]:
-    """Lineage tags for a stage run: the MLflow run that produced this stage's input."""
-    return {"upstream_run_id": meta.get("mlflow_run_id", ""), "upstream_stage": stage}
+def upstream_tags(stage: str, *inputs: Path) -> dict[str, str]:
+    """Lineage tags for a stage run: the MLflow run of ``stage`` that wrote ``inputs`` (found by
+    their content digest, so DVC outputs carry no run ids)."""
+    return {"upstream_run_id": tracking.find_producer(stage, tracking.digest(*inputs)), "upstream_stage": stage}
 
 
 NOISY_LOGGERS = ("alembic", "mlflow", "optuna", "matplotlib", "PIL", "urllib3", "git")
 
 
-def read_json(path: Path, producer: str) -> dict:
-    if not path.is_file():
-        raise StageError(f"{path}: missing (run the {producer} stage first: dvc repro {producer})")
-    return json.loads(path.read_text())
-
-
-def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], params_path: str = "params.yaml") -> None:
-    """Entry point used by ``stages/<stage>.py``. Exits non-zero with a one-line error on failure."""
-    try:
-        cfg = load(params_path)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], cfg: Config | None = None,
+              params_path: str = "params.yaml") -> None:
+    """Entry point used by ``stages/<stage>.py`` with the config it validated (else it loads
+    ``params_path``). Exits non-zero with a one-line error on failure."""
+    if cfg is None:
+        try:
+            cfg = load(params_path)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+    record_dir = os.environ.get(RECORD_PARAMS_ENV)
+    reads = config_module.record_reads() if record_dir else None
     log_path = setup_logging(stage)
     stage_log = logging.getLogger(f"brainsynth.{stage}")
     # `kill` (SIGTERM, also what schedulers send) ends a stage like Ctrl-C does: the MLflow run is
@@ -86,6 +87,9 @@ def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], params
     try:
         tracking.setup(cfg)
         body(cfg, stage_log)
+        if reads is not None:
+            Path(record_dir).mkdir(parents=True, exist_ok=True)
+            (Path(record_dir) / f"{stage}.txt").write_text("".join(f"{key}\n" for key in sorted(reads)))
     except KeyboardInterrupt:
         _close_active_runs("KILLED", "interrupted by the user", log_path)
         stage_log.error("%s: interrupted", stage)
@@ -120,8 +124,8 @@ def _close_active_runs(status: str, message: str, log_path: Path) -> None:
 
 
 @contextmanager
-def stage_run(stage: str, cfg: Config, upstream: dict[str, str] | None = None, resume_run_id: str | None = None,
-              extra_params: dict | None = None):
+def mlflow_run(stage: str, cfg: Config, upstream: dict[str, str] | None = None, resume_run_id: str | None = None,
+               extra_params: dict | None = None):
     """One MLflow run for this stage execution: tags, flat params, the stage log as artifact.
 
     ``resume_run_id`` reopens an earlier (interrupted) run so its metric history continues.
