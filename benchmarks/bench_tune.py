@@ -20,7 +20,8 @@ import optuna
 
 from brainsynth.config import load
 from brainsynth.data import prepared
-from brainsynth.pipeline.tune import Objective, baseline_params, count_states, make_pruner, make_sampler, search_space, stop_callbacks
+from brainsynth.pipeline.tune import Objective, count_states, make_pruner, make_sampler, stop_callbacks
+from brainsynth.search_space import baseline_params, search_space
 from brainsynth.objective import DIRECTION
 
 

@@ -28,7 +28,8 @@ from brainsynth.data import prepared
 from brainsynth.engine import DivergenceError, Trainer
 from brainsynth.objective import validation_metrics
 from brainsynth.paths import PREPARED_DIR
-from brainsynth.pipeline.tune import baseline_params, search_space, suggest, trial_config, trial_data
+from brainsynth.pipeline.tune import trial_data
+from brainsynth.search_space import baseline_params, search_space, suggest, trial_config
 
 REPO = Path(__file__).resolve().parents[1]
 

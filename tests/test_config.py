@@ -69,7 +69,7 @@ def test_readme_documents_every_parameter():
 def test_plain_vae_request_is_not_undone_by_tuning():
     import logging
 
-    from brainsynth.pipeline.tune import search_space
+    from brainsynth.search_space import search_space
 
     cfg = load(REPO / "params.yaml")
     assert "loss.adv_weight" in search_space(cfg, logging.getLogger("t"))

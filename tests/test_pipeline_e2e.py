@@ -272,3 +272,35 @@ def test_tuned_values_are_a_params_file_dvc_tracks(pipeline):
     assert "models/tune/best_params.yaml" in lock
     tuned = yaml.safe_load((work / "models" / "tune" / "best_params.yaml").read_text())
     assert lock["models/tune/best_params.yaml"] == (tuned or {})
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_the_kept_model_is_the_one_model_file(pipeline, monkeypatch, keep):
+    """Regression: best.pt was chosen on validation but evaluate, generate and the registry used the
+    last epoch. Now train.keep picks one model and model.pt is it."""
+    work, _ = pipeline
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(work))
+    import torch
+
+    from brainsynth.checkpoint import load_model_file
+    from brainsynth.config import load
+    from brainsynth.pipeline import train
+    from brainsynth.pipeline.stage import run_stage
+
+    objectives = iter([3.0, 5.0])  # epoch 1 is the best of the two validated epochs
+    decoders = {}
+
+    def scripted_validation(trainer, images, labels, cfg):
+        decoders[trainer.epoch] = {k: v.clone() for k, v in trainer.model.ema_decoder.state_dict().items()}
+        return {"val_swd": 1.0, "val_recon_mae": 1.0, "val_objective": next(objectives)}
+
+    monkeypatch.setattr(train, "validation_metrics", scripted_validation)
+    cfg = load(work / "params.yaml").with_overrides({"train.keep": keep, "train.sample_every": 1})
+    run_stage("train", train.run, cfg)
+    kept = 1 if keep == "best" else 2
+    stored = load_model_file(work / "models" / "train" / "model.pt")
+    assert all(torch.equal(stored.decoder[k], decoders[kept][k]) for k in decoders[kept])
+    assert json.loads((work / "metrics" / "train.json").read_text())["kept_epoch"] == kept
+    assert not list((work / "models" / "train").glob("best*"))

@@ -8,7 +8,6 @@ import json
 import mlflow
 import numpy as np
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from brainsynth.config import load
 from brainsynth.engine import DivergenceError, Trainer
+from brainsynth import search_space
 from brainsynth.pipeline import prepare, tune
 from brainsynth.pipeline.stage import run_stage
 from helpers import write_params as write_repo_params
@@ -172,7 +173,7 @@ def test_trial_schedule_is_the_final_schedule_scaled_to_the_trial_budget():
     from helpers import repo_config
 
     cfg = repo_config({"train.epochs": 15, "tune.epochs": 3, "loss.kl_warmup_epochs": 5, "loss.adv_start_epoch": 3})
-    trial = tune.trial_config(cfg, {"optim.lr": 3e-4})
+    trial = search_space.trial_config(cfg, {"optim.lr": 3e-4})
     assert trial.train.epochs == 3 and trial.optim.lr == 3e-4
     assert trial.loss.kl_warmup_epochs == pytest.approx(1.0) and trial.loss.adv_start_epoch == pytest.approx(0.6)
     # the same share of the budget: full KL weight at a third, the critic from a fifth, as in the final run
@@ -185,5 +186,5 @@ def test_categorical_choices_round_trip():
     lists = SearchDimension(type="categorical", choices=[[], [8, 16]])
     scalars = SearchDimension(type="categorical", choices=[32, 64])
     for dim, value in ((lists, [8, 16]), (lists, []), (scalars, 64)):
-        encoded = tune.encode_choice(dim, value)
-        assert isinstance(encoded, (str, int)) and tune.decode_choice(dim, encoded) == value
+        encoded = search_space.encode_choice(dim, value)
+        assert isinstance(encoded, (str, int)) and search_space.decode_choice(dim, encoded) == value

@@ -101,8 +101,8 @@ class SliceClassifier(nn.Module):
 
     ``norm="group"`` for the auxiliary classifier: it also judges batches of generated images,
     whose batch statistics must not decide the verdict. A separate network rather than a head on
-    the critic: a class head on the (unnormalised, noise-fed, gradient-penalised) critic stayed at
-    chance on the embedded cohort.
+    the (unnormalised, noise-fed, gradient-penalised) critic: such a head did not learn the class
+    (benchmarks/README.md, "Model notes").
 
     (B, 1, S, S) → (B, K) logits
     """

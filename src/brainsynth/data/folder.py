@@ -2,7 +2,7 @@
 
 The per-file decoder is what ``ingest`` runs in worker processes, so it must be cheap: JPEGs are
 decoded in libjpeg's DCT-domain draft mode straight to grayscale at the smallest scale that is
-still at least the target size, which is most of the ≥ 2 000 slices/s on two cores.
+still at least the target size (the ingestion figures are in benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ failed stage never leaves earlier results half-overwritten.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal

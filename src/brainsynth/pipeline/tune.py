@@ -45,14 +45,15 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from brainsynth import engine, inference, losses, metrics, nets, objective, tracking
-from brainsynth.config import Config, SearchDimension, validate
+from brainsynth import engine, inference, losses, metrics, nets, objective, search_space as search_space_module, tracking
+from brainsynth.config import Config, validate
 from brainsynth.data import prepared
 from brainsynth.device import resolve_device
 from brainsynth.engine import DivergenceError, Trainer
 from brainsynth.files import write_text_atomic
 from brainsynth.objective import validation_metrics
 from brainsynth.paths import BEST_PARAMS, LOG_DIR, PREPARED_DIR, STUDY_JOURNAL
+from brainsynth.search_space import baseline_params, decoded_params, search_space, suggest, trial_config
 from brainsynth.pipeline.stage import NOISY_LOGGERS, StageError, mlflow_run, upstream_tags, write_metrics
 from brainsynth.viz import class_grid
 
@@ -60,7 +61,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that do not change what a trial computes: changing them continues the same study.
 _NOT_IN_STUDY_KEY = ("tune.n_trials", "tune.n_workers", "tune.storage", "tune.min_improvement", "mlflow.", "evaluate.", "generate.",
                      "train.sample_every", "train.log_every", "train.n_sample_images", "train.keep")
-_TRIAL_CODE = (engine, nets, losses, objective, metrics, inference)
+_TRIAL_CODE = (engine, nets, losses, objective, metrics, inference, search_space_module)
 
 log = logging.getLogger("brainsynth.tune")
 
@@ -148,30 +149,6 @@ def fail_stale_trials(study: optuna.Study, cfg: Config) -> int:
 # --- one trial -----------------------------------------------------------------------------------
 
 
-def _scalar_choices(dim: SearchDimension) -> bool:
-    return all(c is None or isinstance(c, (bool, int, float, str)) for c in dim.choices)
-
-
-def encode_choice(dim: SearchDimension, value):
-    """A categorical value as Optuna stores it: scalars as they are, lists (e.g. attention
-    resolutions) as JSON text, since Optuna's categorical values must be scalars."""
-    return value if _scalar_choices(dim) else json.dumps(value)
-
-
-def decode_choice(dim: SearchDimension, value):
-    """The inverse of ``encode_choice``."""
-    return value if _scalar_choices(dim) else json.loads(value)
-
-
-def suggest(trial: optuna.Trial, name: str, dim: SearchDimension):
-    """The trial's value for one dimension, as a config value."""
-    if dim.type == "categorical":
-        return decode_choice(dim, trial.suggest_categorical(name, [encode_choice(dim, c) for c in dim.choices]))
-    if dim.type == "int":
-        return trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log)
-    return trial.suggest_float(name, dim.low, dim.high, log=dim.log)
-
-
 def chosen_trial(study: optuna.Study, baseline: dict, min_improvement: float) -> optuna.trial.FrozenTrial:
     """The trial whose params train uses: the best one, unless the completed trial that ran the
     params.yaml values (``baseline``) is within ``min_improvement`` (relative, of its objective) of
@@ -181,31 +158,6 @@ def chosen_trial(study: optuna.Study, baseline: dict, min_improvement: float) ->
     if reference is None or reference.number == best.number:
         return best
     return best if best.value < reference.value * (1.0 - min_improvement) else reference
-
-
-def baseline_params(cfg: Config, space: dict[str, SearchDimension]) -> dict:
-    """params.yaml's own values for the searched dimensions (those inside the space), in Optuna's
-    encoding: the first trial of a new study, so tuning only departs from the committed params
-    when a trial beats them."""
-    current = cfg.flat()
-    baseline = {}
-    for name, dim in space.items():
-        value = current.get(name)
-        if dim.type == "categorical":
-            if value in dim.choices:
-                baseline[name] = encode_choice(dim, value)
-        elif isinstance(value, (int, float)) and dim.low <= value <= dim.high:
-            baseline[name] = int(value) if dim.type == "int" else float(value)
-    return baseline
-
-
-def search_space(cfg: Config, quiet: bool = False) -> dict[str, SearchDimension]:
-    """The dimensions to search. ``loss.adv_weight: 0`` asks for a plain VAE, so the adversarial
-    weight is not searched then (a tuned value would silently turn the GAN back on)."""
-    space = dict(cfg.tune.search_space)
-    if cfg.loss.adv_weight == 0 and space.pop("loss.adv_weight", None) is not None and not quiet:
-        log.info("loss.adv_weight = 0 (plain VAE): not searching loss.adv_weight")
-    return space
 
 
 def trial_data(cfg: Config, data: prepared.PreparedData, quiet: bool = False):
@@ -221,17 +173,6 @@ def trial_data(cfg: Config, data: prepared.PreparedData, quiet: bool = False):
         if not quiet:
             log.warning("no validation split (data.val_fraction = 0): tuning scores on training images")
     return train_images, train_labels, val_images, val_labels
-
-
-def trial_config(cfg: Config, overrides: dict) -> Config:
-    """The config of one trial: the suggested values, ``tune.epochs`` epochs, and the KL warm-up and
-    adversarial start scaled by ``tune.epochs / train.epochs`` so that a trial goes through every
-    phase of the final training (with 2 of 15 epochs unscaled, it never reached full KL weight)."""
-    scale = cfg.tune.epochs / cfg.train.epochs
-    merged = cfg.with_overrides(overrides)
-    return merged.with_overrides({"train.epochs": cfg.tune.epochs,
-                                  "loss.kl_warmup_epochs": merged.loss.kl_warmup_epochs * scale,
-                                  "loss.adv_start_epoch": merged.loss.adv_start_epoch * scale})
 
 
 class Objective:
@@ -432,15 +373,6 @@ def optimise(study: optuna.Study, cfg: Config, data: prepared.PreparedData, pare
         study.pruner = make_pruner(cfg)
         study.optimize(Objective(cfg, data, parent_run_id), callbacks=stop_callbacks(cfg.tune.n_trials), catch=(RuntimeError,))
     return before
-
-
-def decoded_params(params: dict, cfg: Config) -> dict:
-    """A trial's params (Optuna's encoding) as config values."""
-    out = {}
-    for key, value in params.items():
-        dim = cfg.tune.search_space.get(key)
-        out[key] = decode_choice(dim, value) if dim is not None and dim.type == "categorical" else value
-    return out
 
 
 def write_best_params(params: dict) -> None:
