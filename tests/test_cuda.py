@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from brainsynth.engine import Trainer
-from brainsynth.checkpoint import save_model_file
+from brainsynth.checkpoint import restore_training_state, save_model_file, save_training_state
 from brainsynth.inference import SynthModel
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -33,14 +33,14 @@ def test_cuda_checkpoint_resumes_weights_optimisers_and_rng(tiny_cfg, tiny_image
     images, labels = tiny_images
     trainer = Trainer(tiny_cfg, images, labels, 3, CUDA)
     trainer.train_epoch()
-    trainer.save(tmp_path / "last.pt")
+    save_training_state(trainer, tmp_path / "last.pt")
     saved = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
     cuda_rng = torch.cuda.get_rng_state(CUDA).clone()
 
     torch.manual_seed(999)
     torch.cuda.manual_seed(999)
     resumed = Trainer(tiny_cfg, images, labels, 3, CUDA)
-    resumed.restore(tmp_path / "last.pt")
+    restore_training_state(resumed, tmp_path / "last.pt")
     assert resumed.epoch == 1 and resumed.step == trainer.step
     for key, value in resumed.model.state_dict().items():
         assert value.is_cuda and torch.equal(value.cpu(), saved[key]), key

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainsynth.checkpoint import CheckpointError, load_safe, save_atomic
+from brainsynth.checkpoint import CheckpointError, load_safe, restore_training_state, save_atomic, save_training_state
 from brainsynth.engine import DivergenceError, Trainer
 
 
@@ -59,11 +59,11 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_cfg, tiny_images,
 
     first = Trainer(tiny_cfg, images, labels, 3, torch.device("cpu"))
     first.train_epoch()
-    first.save(tmp_path / "last.pt")
+    save_training_state(first, tmp_path / "last.pt")
     del first
     torch.manual_seed(12345)  # a fresh process would have a different global RNG state
     resumed = Trainer(tiny_cfg, images, labels, 3, torch.device("cpu"))
-    resumed.restore(tmp_path / "last.pt")
+    restore_training_state(resumed, tmp_path / "last.pt")
     assert resumed.epoch == 1
     resumed.train_epoch()
 

@@ -168,16 +168,19 @@ def test_tuned_values_replace_params_yaml_only_by_a_clear_margin():
 
 
 def test_trial_schedule_is_the_final_schedule_scaled_to_the_trial_budget():
-    """Regression: with tune.epochs = kl_warmup_epochs = 2 and the critic from epoch 1, a trial never
-    reached full KL weight and had a single adversarial epoch. Trials now scale both."""
+    """With tune.scale_schedule a trial goes through the final run's phases in its own budget: the
+    KL warm-up and the adversarial start are scaled by tune.epochs / train.epochs."""
     from helpers import repo_config
 
-    cfg = repo_config({"train.epochs": 15, "tune.epochs": 3, "loss.kl_warmup_epochs": 5, "loss.adv_start_epoch": 3})
+    cfg = repo_config({"train.epochs": 15, "tune.epochs": 3, "tune.scale_schedule": True, "loss.kl_warmup_epochs": 5,
+                       "loss.adv_start_epoch": 3})
     trial = search_space.trial_config(cfg, {"optim.lr": 3e-4})
     assert trial.train.epochs == 3 and trial.optim.lr == 3e-4
     assert trial.loss.kl_warmup_epochs == pytest.approx(1.0) and trial.loss.adv_start_epoch == pytest.approx(0.6)
     # the same share of the budget: full KL weight at a third, the critic from a fifth, as in the final run
     assert trial.loss.kl_warmup_epochs / trial.train.epochs == pytest.approx(cfg.loss.kl_warmup_epochs / cfg.train.epochs)
+    unscaled = search_space.trial_config(cfg.with_overrides({"tune.scale_schedule": False}), {})
+    assert unscaled.train.epochs == 3 and unscaled.loss.kl_warmup_epochs == 5 and unscaled.loss.adv_start_epoch == 3
 
 
 def test_categorical_choices_round_trip():

@@ -3,8 +3,6 @@ loaded with ``weights_only=True`` (no arbitrary unpickling)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,23 +12,13 @@ from pydantic import ValidationError
 
 from brainsynth.config import ModelConfig
 from brainsynth.errors import CheckpointError
+from brainsynth.files import atomic_file
 
 
 def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place, so a kill never leaves
-    a half-written checkpoint where the last good one was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through ``files.atomic_file``: never a half-written checkpoint."""
+    with atomic_file(Path(path)) as handle:
+        torch.save(payload, handle)
 
 
 def load_safe(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -46,6 +34,24 @@ def load_safe(path: str | Path, map_location: str | torch.device = "cpu") -> dic
     except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: refused or unreadable checkpoint ({reason})") from None
+
+
+# --- training checkpoints ------------------------------------------------------------------------
+
+
+def save_training_state(trainer, path: str | Path, extra: dict | None = None) -> None:
+    """A resumable checkpoint of an ``engine.Trainer`` (model, EMA, optimisers, counters, RNG) plus
+    ``extra`` (the stage's own bookkeeping), written atomically."""
+    save_atomic({**trainer.state_dict(), **(extra or {})}, path)
+
+
+def restore_training_state(trainer, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by ``save_training_state`` into ``trainer``; returns the whole
+    payload (with the ``extra`` entries). Loaded to the CPU: RNG states must stay CPU tensors, and
+    ``load_state_dict`` moves weights and optimiser state to the parameters' device anyway."""
+    state = load_safe(path, map_location="cpu")
+    trainer.load_state_dict(state)
+    return state
 
 
 # --- the final model file ------------------------------------------------------------------------

@@ -222,6 +222,7 @@ class TuneConfig(_Section):
     enabled: bool
     n_trials: int = Field(ge=0)
     epochs: int = Field(ge=1)
+    scale_schedule: bool
     max_train_images: int = Field(ge=0)
     eval_images: int = Field(ge=8)
     objective: Literal["swd_recon", "swd", "recon_mae"]

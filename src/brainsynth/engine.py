@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from brainsynth import losses
-from brainsynth.checkpoint import load_safe, save_atomic
 from brainsynth.config import Config
 from brainsynth.device import resolve_device
 from brainsynth.errors import DivergenceError
@@ -267,21 +266,21 @@ class Trainer:
         forward pass (detached), so n_critic = 1 costs no extra decoding."""
         adversarial = self.adversarial_on(progress)
         class_term = self.model.classifier is not None and progress >= self.cfg.loss.adv_start_epoch
-        losses_ = LossMeter()
+        meter = LossMeter()
         if self.model.classifier is not None:
-            losses_.add(self.classifier_phase(x, y))
+            meter.add(self.classifier_phase(x, y))
         if adversarial:
             for _ in range(self.cfg.optim.n_critic - 1):
                 with torch.no_grad(), torch.autocast(**self.autocast):
                     _, _, fake, fake_labels = self.decode_batch(x, y, with_prior=True)
-                losses_.add(self.critic_phase(x, y, fake, fake_labels))
+                meter.add(self.critic_phase(x, y, fake, fake_labels))
         with torch.autocast(**self.autocast):
             mu, logvar, decoded, decoded_labels = self.decode_batch(x, y, with_prior=adversarial or class_term)
         if adversarial:
-            losses_.add(self.critic_phase(x, y, decoded, decoded_labels))
-        losses_.add(self.generator_phase(x, y, mu, logvar, decoded, decoded_labels, self.kl_scale(progress), adversarial, class_term))
+            meter.add(self.critic_phase(x, y, decoded, decoded_labels))
+        meter.add(self.generator_phase(x, y, mu, logvar, decoded, decoded_labels, self.kl_scale(progress), adversarial, class_term))
         self.step += 1
-        return losses_
+        return meter
 
     def train_epoch(self, on_log=None) -> EpochStats:
         """One pass over the training images. ``on_log(step, means)`` gets the mean losses of every
@@ -329,7 +328,7 @@ class Trainer:
         """Classes (N,) the auxiliary classifier assigns to (N, S, S) uint8 images."""
         return predict_classes(self.model.classifier, images, self.cfg.train.bf16)
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ state (checkpoint.save_training_state writes it)
     def state_dict(self) -> dict:
         state = {
             "model": self.model.state_dict(),
@@ -360,14 +359,3 @@ class Trainer:
         self.shuffle.set_state(state["rng_shuffle"])
         if self.cuda and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
-
-    def save(self, path, extra: dict | None = None) -> None:
-        """A resumable checkpoint (model, EMA, optimisers, counters, RNG) plus ``extra``, atomically."""
-        save_atomic({**self.state_dict(), **(extra or {})}, path)
-
-    def restore(self, path) -> dict:
-        # Loaded to CPU: RNG states must stay CPU tensors, and load_state_dict moves weights and
-        # optimiser state to the parameters' device anyway.
-        state = load_safe(path, map_location="cpu")
-        self.load_state_dict(state)
-        return state

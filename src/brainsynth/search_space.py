@@ -63,11 +63,12 @@ def search_space(cfg: Config, quiet: bool = False) -> dict[str, SearchDimension]
 
 
 def trial_config(cfg: Config, overrides: dict) -> Config:
-    """The config of one trial: the suggested values, ``tune.epochs`` epochs, and the KL warm-up and
-    adversarial start scaled by ``tune.epochs / train.epochs`` so that a trial goes through every
-    phase of the final training (with 2 of 15 epochs unscaled, it never reached full KL weight)."""
-    scale = cfg.tune.epochs / cfg.train.epochs
+    """The config of one trial: the suggested values and ``tune.epochs`` epochs. With
+    ``tune.scale_schedule`` the KL warm-up and the adversarial start are scaled by
+    ``tune.epochs / train.epochs``, so the trial goes through every phase of the final schedule in
+    its short budget; without it they keep their final values in epochs."""
     merged = cfg.with_overrides(overrides)
+    scale = cfg.tune.epochs / cfg.train.epochs if cfg.tune.scale_schedule else 1.0
     return merged.with_overrides({"train.epochs": cfg.tune.epochs,
                                   "loss.kl_warmup_epochs": merged.loss.kl_warmup_epochs * scale,
                                   "loss.adv_start_epoch": merged.loss.adv_start_epoch * scale})

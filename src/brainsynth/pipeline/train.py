@@ -24,7 +24,7 @@ from pathlib import Path
 import mlflow
 
 from brainsynth import tracking
-from brainsynth.checkpoint import CheckpointError, load_model_file, load_safe, save_model_file
+from brainsynth.checkpoint import CheckpointError, load_model_file, load_safe, restore_training_state, save_model_file, save_training_state
 from brainsynth.config import Config, load_overrides
 from brainsynth.data import prepared
 from brainsynth.engine import Trainer
@@ -84,7 +84,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
             log.warning("ignoring unusable resume checkpoint: %s", err)
             state = None
         if state is not None and state.get("fingerprint") == print_fp and int(state["epoch"]) < cfg.train.epochs:
-            trainer.restore(RESUME_CHECKPOINT)
+            restore_training_state(trainer, RESUME_CHECKPOINT)
             resume_run_id = state.get("mlflow_run_id") or None
             best = {"value": float(state.get("best_value", float("inf"))), "epoch": int(state.get("best_epoch", 0))}
             val_history = list(state.get("val_history", []))
@@ -116,7 +116,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
             mlflow.log_metrics(epoch_metrics, step=stats.epoch)
             log.info("epoch %d/%d %.1fs (%.0f img/s): %s", stats.epoch, cfg.train.epochs, stats.seconds, stats.images_per_second,
                      ", ".join(f"{k}={v:.4f}" for k, v in stats.losses.items()))
-            trainer.save(RESUME_CHECKPOINT, {"fingerprint": print_fp, "mlflow_run_id": run_id, "best_value": best["value"],
+            save_training_state(trainer, RESUME_CHECKPOINT, {"fingerprint": print_fp, "mlflow_run_id": run_id, "best_value": best["value"],
                                               "best_epoch": best["epoch"], "val_history": val_history})
 
         kept_epoch = keep_model(trainer, cfg, best, log)

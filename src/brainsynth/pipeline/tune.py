@@ -18,9 +18,9 @@ show the values train actually used.
 * The first trial of a new study uses the params.yaml values, and the tuned values replace them only
   when the best trial beats that trial by ``tune.min_improvement`` (relative): the short-horizon
   objective is noisy, and a trial that wins by noise can train a much worse final model.
-* A trial is a shrunken copy of the final training: ``tune.epochs`` epochs with the KL warm-up and
-  the adversarial start scaled by ``tune.epochs / train.epochs``, so every trial goes through the
-  same phases (full KL weight, adversarial training) that decide the final model's score.
+* A trial trains ``tune.epochs`` epochs with the final run's KL warm-up and adversarial start, or
+  (``tune.scale_schedule``) with both scaled by ``tune.epochs / train.epochs``; unscaled trials
+  ranked final scores better (benchmarks/README.md), hence the default.
 * ``tune.enabled: false`` or ``tune.n_trials: 0`` writes empty best parameters: train uses params.yaml.
 """
 
@@ -70,7 +70,8 @@ log = logging.getLogger("brainsynth.tune")
 
 
 def study_name(cfg: Config) -> str:
-    relevant = {k: v for k, v in cfg.flat().items() if not k.startswith(_NOT_IN_STUDY_KEY)}
+    ignored = _NOT_IN_STUDY_KEY if cfg.tune.scale_schedule else (*_NOT_IN_STUDY_KEY, "train.epochs")  # only scaled trials depend on it
+    relevant = {k: v for k, v in cfg.flat().items() if not k.startswith(ignored)}
     files = [Path(m.__file__) for m in _TRIAL_CODE] + [Path(__file__)]  # this module holds the trial loop
     code = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
     blob = json.dumps({"cfg": relevant, "data": tracking.digest(PREPARED_DIR), "code": code}, sort_keys=True, default=str)
