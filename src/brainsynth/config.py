@@ -287,12 +287,12 @@ class Config(_Section):
         """The config as ``{"train.epochs": 20, ...}`` with params.yaml key paths."""
         return flatten(self.model_dump(mode="json"))
 
-    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
-        """A new validated config with dotted-key overrides laid over this one."""
+    def with_overrides(self, overrides: dict[str, Any], source: str = "overrides") -> "Config":
+        """A new validated config with dotted-key overrides laid over this one; errors name ``source``."""
         raw = self.model_dump(mode="json")
         for key, value in overrides.items():
             _set_dotted(raw, key, value)
-        return validate(raw, source="overrides")
+        return validate(raw, source=source)
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
     tuned = load_overrides(BEST_PARAMS)
     if tuned:
         log.info("laying tuned parameters over params.yaml: %s", tuned)
-        cfg = cfg.with_overrides(tuned)
+        cfg = cfg.with_overrides(tuned, source=str(BEST_PARAMS))
     data = prepared.load(PREPARED_DIR)
     train_images, train_labels = data.split("train")
     val_images, val_labels = data.split("val")

@@ -38,10 +38,10 @@ import time
 import warnings
 from pathlib import Path
 
-import yaml
 import mlflow
 import numpy as np
 import optuna
+import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -53,8 +53,8 @@ from brainsynth.engine import DivergenceError, Trainer
 from brainsynth.files import write_text_atomic
 from brainsynth.objective import validation_metrics
 from brainsynth.paths import BEST_PARAMS, LOG_DIR, PREPARED_DIR, STUDY_JOURNAL
-from brainsynth.search_space import baseline_params, decoded_params, search_space, suggest, trial_config
 from brainsynth.pipeline.stage import NOISY_LOGGERS, StageError, mlflow_run, upstream_tags, write_metrics
+from brainsynth.search_space import baseline_params, decoded_params, search_space, suggest, trial_config
 from brainsynth.viz import class_grid
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
