@@ -171,3 +171,19 @@ def test_model_api_shapes(tiny_cfg):
     recon, _, _ = model.reconstruct(x, y)
     assert recon.shape == x.shape and recon.abs().max() <= 1
     assert model.sample(5, torch.tensor([0, 1, 2, 0, 1])).shape == (5, 1, 32, 32)
+
+
+def test_validation_swd_uses_the_same_settings_as_the_test_swd(tiny_cfg, tiny_images):
+    """Regression: validation scored SWD with 64 patches / 256 directions and evaluate with 128 / 512,
+    so val_swd and swd were on different scales. Both now read swd.* from params.yaml."""
+    from brainsynth import metrics
+    from brainsynth.objective import validation_metrics
+
+    images, labels = tiny_images
+    cfg = tiny_cfg.with_overrides({"swd.patches_per_image": 24, "swd.directions": 40, "tune.eval_images": 16})
+    trainer = Trainer(cfg, images, labels, 3, torch.device("cpu"))
+    scores = validation_metrics(trainer, images, labels, cfg)
+    pick = np.sort(np.random.default_rng(cfg.seed).choice(len(images), 16, replace=False))
+    samples = trainer.sample(labels[pick], cfg.seed)
+    assert scores["val_swd"] == metrics.swd(images[pick], samples, cfg.seed, 24, 40)["swd"]
+    assert scores["val_swd"] != metrics.swd(images[pick], samples, cfg.seed, 64, 256)["swd"]
