@@ -96,3 +96,24 @@ def test_model_file_of_the_previous_format_still_loads():
     model = SynthModel.load(DATA / "model_v1.pt")
     assert model.class_names == ["CN", "AD"] and model.image_size == 16
     assert np.array_equal(model.sample(np.array([0, 1, 1]), seed=3), np.load(DATA / "model_v1_samples.npy"))
+
+
+def test_export_never_replaces_a_users_folder_by_accident(model_file, tmp_path, monkeypatch, capsys):
+    """#13 item 1: --out pointing at a folder with the user's files used to delete them, and
+    --out . left a staging folder of PNGs behind."""
+    precious = tmp_path / "mydata"
+    precious.mkdir()
+    (precious / "scan.nii.gz").write_bytes(b"irreplaceable")
+    assert generate_main(["--model", str(model_file), "--out", str(precious), "--n-per-class", "1"]) == 1
+    assert "not an earlier export" in capsys.readouterr().err and (precious / "scan.nii.gz").read_bytes() == b"irreplaceable"
+    monkeypatch.chdir(precious)
+    assert generate_main(["--model", str(model_file), "--out", ".", "--n-per-class", "1", "--force"]) == 1
+    assert "current folder" in capsys.readouterr().err
+    assert sorted(p.name for p in precious.iterdir()) == ["scan.nii.gz"]  # no staging folder left behind
+    # an earlier export is replaced; --force replaces anything else (but never the current folder)
+    monkeypatch.chdir(tmp_path)
+    export_dir = tmp_path / "export"
+    assert generate_main(["--model", str(model_file), "--out", str(export_dir), "--n-per-class", "1"]) == 0
+    assert generate_main(["--model", str(model_file), "--out", str(export_dir), "--n-per-class", "2"]) == 0
+    assert generate_main(["--model", str(model_file), "--out", str(precious), "--n-per-class", "1", "--force"]) == 0
+    assert not (precious / "scan.nii.gz").exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -48,8 +49,34 @@ def resolve_model_file(source: str) -> Path:
     return candidates[0]
 
 
-def export(model: SynthModel, out_dir: Path, n_per_class: int, seed: int, nifti: bool, model_source: str, model_digest: str = "") -> dict:
-    """Write the images and manifest into ``out_dir`` atomically (a temp folder moved into place)."""
+def check_out_dir(out_dir: Path, force: bool = False) -> None:
+    """Refuse an export folder whose replacement would lose a user's files: the current folder or
+    one containing it (always), a file, or a non-empty folder that is not an earlier export of this
+    tool (recognised by its manifest) unless ``force``. One-line ValueError naming the folder."""
+    out_dir = Path(os.path.abspath(out_dir))
+    here = Path.cwd()
+    if here == out_dir or out_dir in here.parents:
+        raise ValueError(f"--out {str(out_dir)!r} is the current folder or contains it: choose a new or empty folder for the export")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {str(out_dir)!r} is a file, not a folder")
+    if not force and out_dir.is_dir() and any(out_dir.iterdir()) and not _is_export(out_dir):
+        raise ValueError(f"--out {str(out_dir)!r} is a non-empty folder that is not an earlier export (no brainsynth manifest.json); "
+                         "the export replaces its folder whole, so choose a new folder or pass --force to replace it")
+
+
+def _is_export(folder: Path) -> bool:
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and isinstance(manifest.get("files"), list) and "classes" in manifest
+
+
+def export(model: SynthModel, out_dir: Path, n_per_class: int, seed: int, nifti: bool, model_source: str, model_digest: str = "",
+           force: bool = False) -> dict:
+    """Write the images and manifest into ``out_dir`` atomically (a temp folder moved into place);
+    ``check_out_dir`` first, so no user folder is replaced by accident."""
+    check_out_dir(out_dir, force)
     class_names = model.class_names or ["unlabelled"]
     with atomic_dir(Path(out_dir)) as staging:
         files = []
@@ -82,7 +109,8 @@ def _safe(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="brainsynth-generate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/train/model.pt", help="model file or MLflow URI (runs:/…, models:/…)")
-    parser.add_argument("--out", default="data/synthetic", help="output folder (replaced atomically)")
+    parser.add_argument("--out", default="data/synthetic", help="output folder: new, empty or an earlier export (replaced atomically)")
+    parser.add_argument("--force", action="store_true", help="replace --out even when it holds other files")
     parser.add_argument("--n-per-class", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nifti", action="store_true", help="also write one NIfTI stack per class")
@@ -91,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_per_class < 1:
         parser.error(f"--n-per-class must be at least 1 (got {args.n_per_class})")
     try:
+        check_out_dir(Path(args.out), args.force)  # before loading anything
         model_file = resolve_model_file(args.model)
         model = SynthModel.load(model_file, args.device)
-        manifest = export(model, Path(args.out), args.n_per_class, args.seed, args.nifti, args.model, digest(model_file))
+        manifest = export(model, Path(args.out), args.n_per_class, args.seed, args.nifti, args.model, digest(model_file), force=args.force)
     except (CheckpointError, OSError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 1

@@ -29,7 +29,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
             log.info("generate.enabled is false: nothing generated (dvc exp run -S generate.enabled=true to export)")
             return
         model = SynthModel.load(MODEL_FILE, resolve_device(cfg.train.device), cfg.train.bf16)
-        manifest = export(model, SYNTHETIC_DIR, cfg.generate.n_per_class, cfg.seed, cfg.generate.nifti, str(MODEL_FILE), digest(MODEL_FILE))
+        manifest = export(model, SYNTHETIC_DIR, cfg.generate.n_per_class, cfg.seed, cfg.generate.nifti, str(MODEL_FILE), digest(MODEL_FILE), force=True)  # a DVC output
         seconds = time.perf_counter() - started
         metrics = {"enabled": 1, "n_images": len(manifest["files"]), "seconds": round(seconds, 2)}
         write_metrics("generate", metrics)
