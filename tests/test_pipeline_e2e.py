@@ -22,7 +22,7 @@ TINY = {
     "loss": {"adv_start_epoch": 0, "kl_warmup_epochs": 1},
     "tune": {"n_trials": 2, "epochs": 1, "max_train_images": 0, "eval_images": 8},
     "swd": {"patches_per_image": 16, "directions": 32},
-    "evaluate": {"n_images": 12, "n_pairs": 8, "n_recon_examples": 4, "utility_epochs": 2},
+    "evaluate": {"n_images": 12, "n_pairs": 8, "n_recon_examples": 4, "utility_epochs": 2, "utility_seeds": 2},
 }
 PARAMS_READ = "params_read"  # where each stage writes the params it read (BRAINSYNTH_RECORD_PARAMS)
 
@@ -118,7 +118,7 @@ def test_four_finished_stage_runs_with_lineage(pipeline):
     assert stages["train"].data.metrics["epochs"] == 2
     versions = client.search_model_versions("name='brainsynth'")
     assert len(versions) == 1 and versions[0].run_id == stages["train"].info.run_id  # registered by train
-    for name in ("memorization.png", "interpolation.png"):
+    for name in ("memorization.png", "interpolation.png", "utility.png", "morphometry.png", "nearest_real.png"):
         assert name in [Path(a.path).name for a in client.list_artifacts(stages["evaluate"].info.run_id, "figures")]
 
 
@@ -134,8 +134,12 @@ def test_metrics_files_and_keys(pipeline):
         assert (work / "metrics" / f"{stage}.json").is_file()
     evaluation = json.loads((work / "metrics" / "evaluate.json").read_text())
     for key in ("recon_psnr", "recon_ssim", "ms_ssim_samples", "ms_ssim_real", "swd", "nn_ratio", "memorization_rate",
-                "tstr_accuracy", "trtr_accuracy", "gan_test_accuracy", "recon_class_accuracy", "real_class_accuracy"):
+                "trtr_balanced_accuracy_mean", "trtr_balanced_accuracy_std", "tstr_macro_f1_mean", "augmented_balanced_accuracy_mean",
+                "augment_gain_mean", "augment_gain_std", "tstr_ratio", "gan_test_balanced_accuracy", "recon_class_balanced_accuracy",
+                "real_class_balanced_accuracy", "feature_fd", "feature_precision", "feature_recall", "feature_fd_real",
+                "morph_distance_ratio"):
         assert isinstance(evaluation[key], float), key
+    assert (work / "reports" / "evaluate" / "utility.csv").read_text().splitlines()[0] == "kind,balanced_accuracy,std"
     assert json.loads((work / "metrics" / "generate.json").read_text())["enabled"] == 0  # export off by default
     prepare = json.loads((work / "metrics" / "prepare.json").read_text())
     assert prepare["n_images"] == 48 and prepare["test/n_subjects"] == 3  # one per class

@@ -85,3 +85,27 @@ def test_too_few_subjects_is_a_clear_error(workdir, capsys):
         run_stage("prepare", prepare.run)
     assert "too few subjects (2)" in capsys.readouterr().err
     assert not (tmp_path / "data" / "prepared").exists()
+
+
+def test_train_fraction_drops_training_subjects_only(workdir):
+    """The scarce cohort leaves prepare as the only training data; val and test are the same
+    subjects and slices as with the whole cohort."""
+    from brainsynth.data import prepared
+
+    tmp_path, configure = workdir
+    make_folder(tmp_path / "cohort", n_subjects=12)
+    configure(tmp_path / "cohort", subject_pattern=r"(OAS\d_\w+?)_MR")
+    run_stage("prepare", prepare.run)
+    full = prepared.load(tmp_path / "data" / "prepared")
+    configure(tmp_path / "cohort", subject_pattern=r"(OAS\d_\w+?)_MR", train_fraction=0.25)
+    run_stage("prepare", prepare.run)
+    scarce = prepared.load(tmp_path / "data" / "prepared")
+    for split in ("val", "test"):
+        assert sorted(full.subjects[full.splits == split]) == sorted(scarce.subjects[scarce.splits == split])
+    for k in range(2):
+        before = set(full.subjects[(full.splits == "train") & (full.labels == k)])
+        after = set(scarce.subjects[(scarce.splits == "train") & (scarce.labels == k)])
+        assert after < before and len(after) == round(0.25 * len(before))
+    assert set(np.unique(scarce.splits)) == {"train", "val", "test"}  # the dropped slices are gone, not relabelled
+    metrics = json.loads((tmp_path / "metrics" / "prepare.json").read_text())
+    assert metrics["train/n_subjects"] == len(set(scarce.subjects[scarce.splits == "train"]))

@@ -107,6 +107,7 @@ class DataConfig(_Section):
     image_size: int
     val_fraction: float = Field(ge=0.0, lt=0.5)
     test_fraction: float = Field(gt=0.0, lt=0.5)
+    train_fraction: float = Field(gt=0.0, le=1.0)
     subject_pattern: str
     max_bad_fraction: float = Field(ge=0.0, le=1.0)
     workers: int = Field(ge=0, le=256)
@@ -140,6 +141,7 @@ class ModelConfig(_Section):
     cbam_reduction: int = Field(ge=1, le=64)
     self_attention_res: list[int]
     conditional: bool
+    class_norm: bool
     critic_mbstd_group: int = Field(ge=0, le=64)
     upsample: Literal["nearest", "bilinear"]
     classifier_width: int = Field(ge=2, le=256)
@@ -241,6 +243,8 @@ class EvaluateConfig(_Section):
     n_recon_examples: int = Field(ge=1, le=64)
     utility_epochs: int = Field(ge=0)
     utility_images: int = Field(ge=0)
+    utility_seeds: int = Field(ge=1, le=20)
+    synthetic_per_real: float = Field(ge=0.0, le=10.0)
 
 
 class SwdConfig(_Section):

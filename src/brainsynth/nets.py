@@ -151,6 +151,29 @@ class MinibatchStd(nn.Module):
         return torch.cat([x, feature], dim=1)
 
 
+class ClassConditionalNorm(nn.Module):
+    """GroupNorm whose gain and bias come from a class embedding (BigGAN's conditional BatchNorm,
+    StudioGAN's ``ConditionalBatchNorm2d``, with GroupNorm): gain = 1 + W·e(y), bias = W'·e(y).
+    The class then acts at every scale of the decoder instead of once at its input, where the
+    decoder can learn to ignore it. Gains start at 1 and biases at 0 (plain GroupNorm).
+
+    x (B, C, H, W), embedding (B, E) → (B, C, H, W)
+    """
+
+    def __init__(self, channels: int, embed_dim: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(channels), channels, affine=False)
+        self.gain = nn.Linear(embed_dim, channels)
+        self.bias = nn.Linear(embed_dim, channels)
+        for layer in (self.gain, self.bias):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        gain = 1.0 + self.gain(embedding)[:, :, None, None]
+        return self.norm(x) * gain.to(x.dtype) + self.bias(embedding)[:, :, None, None].to(x.dtype)
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block that changes resolution; GroupNorm when ``norm``.
 
@@ -159,28 +182,36 @@ class ResBlock(nn.Module):
     compared with the BigGAN layout and matters on CPU, where these blocks are the whole budget.
     """
 
-    def __init__(self, c_in: int, c_out: int, resample: str, norm: bool, act: nn.Module, sn: bool = False, upsample: str = "nearest"):
+    def __init__(self, c_in: int, c_out: int, resample: str, norm: bool, act: nn.Module, sn: bool = False, upsample: str = "nearest",
+                 class_embed_dim: int = 0):
         super().__init__()
         self.upsample = upsample
         if resample not in ("down", "up"):
             raise ValueError(f"resample must be 'down' or 'up', got {resample!r}")
         wrap = spectral_norm if sn else (lambda m: m)
         self.resample = resample
-        self.norm1 = nn.GroupNorm(_groups(c_in), c_in) if norm else nn.Identity()
         mid = c_in if resample == "down" else c_out
+        self.conditional = norm and class_embed_dim > 0  # ``forward(x, embedding)`` with class-conditional norms
+        if self.conditional:
+            self.norm1, self.norm2 = ClassConditionalNorm(c_in, class_embed_dim), ClassConditionalNorm(mid, class_embed_dim)
+        else:
+            self.norm1 = nn.GroupNorm(_groups(c_in), c_in) if norm else nn.Identity()
+            self.norm2 = nn.GroupNorm(_groups(mid), mid) if norm else nn.Identity()
         self.conv1 = wrap(nn.Conv2d(c_in, mid, 3, padding=1))
-        self.norm2 = nn.GroupNorm(_groups(mid), mid) if norm else nn.Identity()
         self.conv2 = wrap(nn.Conv2d(mid, c_out, 3, padding=1))
         self.skip = wrap(nn.Conv2d(c_in, c_out, 1)) if c_in != c_out else nn.Identity()
         self.act = act
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _norm(self, norm: nn.Module, x: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
+        return norm(x, embedding) if self.conditional else norm(x)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
         if self.resample == "down":
-            h = downsample2x(self.conv1(self.act(self.norm1(x))))  # conv at H, then pool
-            h = self.conv2(self.act(self.norm2(h)))  # conv at H/2
+            h = downsample2x(self.conv1(self.act(self._norm(self.norm1, x, embedding))))  # conv at H, then pool
+            h = self.conv2(self.act(self._norm(self.norm2, h, embedding)))  # conv at H/2
             return h + self.skip(downsample2x(x))
-        h = self._up(self.conv1(self.act(self.norm1(x))))  # conv at H
-        h = self.conv2(self.act(self.norm2(h)))  # conv at 2H
+        h = self._up(self.conv1(self.act(self._norm(self.norm1, x, embedding))))  # conv at H
+        h = self.conv2(self.act(self._norm(self.norm2, h, embedding)))  # conv at 2H
         return h + self._up(self.skip(x))
 
     def _up(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,6 +260,8 @@ class Decoder(nn.Module):
     """The generator: z (B, Z) [, labels (B,)] → image (B, 1, S, S) in [-1, 1].
 
     The same network decodes encoder samples (reconstructions) and prior samples z ~ N(0, I).
+    With ``cfg.class_norm`` (and classes) the shared class embedding also sets the gain and bias of
+    every residual block's normalisation (``ClassConditionalNorm``).
     """
 
     def __init__(self, cfg: ModelConfig, image_size: int, n_classes: int = 0):
@@ -236,10 +269,11 @@ class Decoder(nn.Module):
         chans = channel_plan(cfg, image_size)[::-1]
         self.embed = nn.Embedding(n_classes, 32) if n_classes else None
         self.fc = nn.Linear(cfg.latent_dim + (32 if n_classes else 0), chans[0] * 16)
+        norm_embed = 32 if n_classes and cfg.class_norm else 0
         blocks: list[nn.Module] = []
         res = 4
         for c_in, c_out in zip(chans[:-1], chans[1:]):
-            blocks.append(ResBlock(c_in, c_out, "up", norm=True, act=nn.SiLU(), upsample=cfg.upsample))
+            blocks.append(ResBlock(c_in, c_out, "up", norm=True, act=nn.SiLU(), upsample=cfg.upsample, class_embed_dim=norm_embed))
             res *= 2
             if res in cfg.cbam_res:
                 blocks.append(CBAM(c_out, cfg.cbam_reduction))
@@ -251,10 +285,14 @@ class Decoder(nn.Module):
         self.latent_dim = cfg.latent_dim
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        embedding = None
         if self.embed is not None:
-            z = torch.cat([z, self.embed(labels)], dim=1)
+            embedding = self.embed(labels)
+            z = torch.cat([z, embedding.to(z.dtype)], dim=1)
         h = self.fc(z).view(z.shape[0], self.first_channels, 4, 4)
-        return torch.tanh(self.out(self.blocks(h)))
+        for block in self.blocks:
+            h = block(h, embedding) if isinstance(block, ResBlock) else block(h)
+        return torch.tanh(self.out(h))
 
 
 class Critic(nn.Module):

@@ -81,3 +81,51 @@ def training_curves(history: list[dict[str, float]], val_history: list[dict], pa
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def utility_bars(summary: dict[str, float], chance: float, path: Path, title: str = "") -> Path:
+    """Balanced accuracy (mean ± std over seeds) of the real-only, synthetic-only and augmented
+    classifiers on the real test split, with the chance level."""
+    kinds = [(k, label) for k, label in (("trtr", "real only\n(TRTR)"), ("tstr", "synthetic only\n(TSTR)"), ("augmented", "real + synthetic"))
+             if f"{k}_balanced_accuracy_mean" in summary]
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    means = [summary[f"{k}_balanced_accuracy_mean"] for k, _ in kinds]
+    stds = [summary[f"{k}_balanced_accuracy_std"] for k, _ in kinds]
+    ax.bar(range(len(kinds)), means, yerr=stds, capsize=5, color=["#4c72b0", "#dd8452", "#55a868"][: len(kinds)])
+    ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance {chance:.2f}")
+    for i, (m, s) in enumerate(zip(means, stds)):
+        ax.text(i, m + s + 0.01, f"{m:.2f}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(kinds)), [label for _, label in kinds], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("balanced accuracy on real test slices")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title or "downstream utility", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def morphometry_figure(real: dict[str, np.ndarray], generated: dict[str, np.ndarray], reference: dict[str, np.ndarray], path: Path,
+                       title: str = "") -> Path:
+    """Per class, the distributions of the CSF area fraction on real test slices, generated slices
+    and real training slices (the real-vs-real reference), as overlaid histograms."""
+    names = list(real)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 2.8), squeeze=False)
+    values = np.concatenate([v[np.isfinite(v)] for d in (real, generated, reference) for v in d.values()] or [np.zeros(1)])
+    bins = np.linspace(0.0, max(float(np.percentile(values, 99.5)), 1e-3), 30)
+    for ax, name in zip(axes[0], names):
+        for data, label, colour in ((reference[name], "real train", "#999999"), (real[name], "real test", "#4c72b0"),
+                                    (generated[name], "generated", "#dd8452")):
+            ax.hist(data[np.isfinite(data)], bins=bins, density=True, histtype="step", linewidth=1.5, label=label, color=colour)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("CSF share of brain area", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -49,3 +49,25 @@ def subjects_in_several_classes(subjects: np.ndarray, labels: np.ndarray) -> lis
     pairs = np.unique(np.stack([subjects.astype(str), labels.astype(str)]), axis=1)
     ids, counts = np.unique(pairs[0], return_counts=True)
     return [str(s) for s in ids[counts > 1]]
+
+
+def subsample_train_subjects(subjects: np.ndarray, labels: np.ndarray, splits: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Scarcity: keep ``fraction`` of each class's training *subjects* (at least one per class,
+    seeded); the slices of the others get the split name 'unused'. Val and test are untouched.
+
+    Subjects are grouped by their most frequent label, as in ``split_by_subject``.
+    """
+    if fraction >= 1.0:
+        return splits
+    rng = np.random.default_rng([seed, 1])  # its own stream: the val/test draw stays as it was
+    out = splits.astype(object)  # a fixed-width str array would cut 'unused' to the longest split name
+    train = splits == "train"
+    unique, inverse = np.unique(subjects[train], return_inverse=True)
+    subject_label = np.array([np.bincount(labels[train][inverse == i]).argmax() for i in range(len(unique))])
+    dropped = []
+    for label in np.unique(subject_label):
+        members = rng.permutation(np.flatnonzero(subject_label == label))
+        keep = max(1, round(fraction * len(members)))
+        dropped.extend(unique[members[keep:]])
+    out[train & np.isin(subjects, dropped)] = "unused"
+    return out.astype(str)

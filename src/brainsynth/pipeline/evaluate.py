@@ -9,11 +9,17 @@
 * memorisation audit: ``nn_ratio`` (median generated→train ÷ median test→train nearest-neighbour
   distance; ≈ 1 is healthy, ≪ 1 means copies) and ``memorization_rate`` (share of samples closer to
   a training image than the 1st percentile of test→train distances; ≈ 0.01 for new real images).
-* downstream utility: ``tstr_accuracy`` (classifier trained on synthetic images only) vs
-  ``trtr_accuracy`` (trained on real training images), both tested on the real test split; the
-  real-trained classifier then grades samples (``gan_test_accuracy``: share assigned to the class
-  they were drawn for) and reconstructions (``recon_class_accuracy``) against
-  ``real_class_accuracy`` on the same real test images.
+* downstream utility (``downstream.utility``, ``evaluate.utility_seeds`` seeds): balanced accuracy
+  and macro-F1 on the real test split of classifiers trained on real slices (``trtr_*``), synthetic
+  slices (``tstr_*``) and both (``augmented_*``), as ``_mean``/``_std``; ``augment_gain_*``,
+  ``tstr_ratio``; the real-trained classifier grades samples (``gan_test_balanced_accuracy`` and
+  per class ``gan_test_<class>``) and reconstructions (``recon_class_balanced_accuracy``) against
+  ``real_class_balanced_accuracy`` on the same real test images; ``chance_balanced_accuracy`` = 1/K.
+* anatomy: ``morph_distance_<class>`` — 1-D Wasserstein distance between the CSF-area-fraction
+  distributions of generated and real test slices of a class, next to ``morph_distance_real_<class>``
+  (real training vs real test), and ``morph_distance_ratio`` (the worst class's ratio, ≤ 2 is the
+  target); ``feature_fd`` / ``feature_precision`` / ``feature_recall`` in the real-trained
+  classifier's feature space next to their ``_real`` values (real training vs real test).
 * ``fid`` / ``kid`` only when Inception weights are already on disk (never downloaded).
 Per-class values carry the class name as a suffix.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import mlflow
 import numpy as np
@@ -30,12 +37,12 @@ from brainsynth import metrics as M
 from brainsynth.config import Config
 from brainsynth.data import prepared
 from brainsynth.device import resolve_device
-from brainsynth.downstream import accuracy, train_classifier
+from brainsynth.downstream import KINDS, class_scores, penultimate_features, per_class_recall, utility
 from brainsynth.files import atomic_dir
-from brainsynth.inference import SynthModel
+from brainsynth.inference import SynthModel, predict_classes
 from brainsynth.paths import EVALUATE_DIR, MODEL_FILE, PREPARED_DIR
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
-from brainsynth.viz import class_grid, labelled_grid
+from brainsynth.viz import class_grid, labelled_grid, morphometry_figure, utility_bars
 
 
 def run(cfg: Config, log: logging.Logger) -> None:
@@ -74,21 +81,23 @@ def run(cfg: Config, log: logging.Logger) -> None:
         audit = M.memorization_audit(samples, real, train_images)
         results.update({k: v for k, v in audit.items() if not k.startswith("_")})
         notes = {}
+        utility_summary = None
+        reference = None
         if len(data.class_names) > 1 and ev.utility_epochs > 0:
-            m = min(ev.utility_images or len(train_images), len(train_images))
-            pick_train = np.sort(rng.choice(len(train_images), m, replace=False))
-            real_x, real_y = train_images[pick_train], train_labels[pick_train]
-            synthetic_x = model.sample(real_y, cfg.seed + 3)  # the real training set's class mix
-            classifiers = {name: train_classifier(images, real_y, len(data.class_names), ev.utility_epochs, cfg.seed, model.device)
-                           for name, images in (("trtr", real_x), ("tstr", synthetic_x))}
-            for name, classifier in classifiers.items():
-                results[f"{name}_accuracy"] = accuracy(classifier, test_images, test_labels)
-            results["gan_test_accuracy"] = accuracy(classifiers["trtr"], samples, real_labels)
-            results["recon_class_accuracy"] = accuracy(classifiers["trtr"], recon, real_labels)
-            results["real_class_accuracy"] = accuracy(classifiers["trtr"], real, real_labels)
-            results["chance_accuracy"] = float(np.bincount(test_labels).max() / len(test_labels))
+            utility_summary, reference = utility_metrics(cfg, model, train_images, train_labels, test_images, test_labels, len(data.class_names), rng, log)
+            results.update(utility_summary)
+            names = data.class_names
+            gan_test = predict_classes(reference, samples)
+            results["gan_test_balanced_accuracy"] = class_scores(gan_test, real_labels)["balanced_accuracy"]
+            results.update({f"gan_test_{name}": v for name, v in per_class_recall(gan_test, real_labels, names).items()})
+            results["recon_class_balanced_accuracy"] = class_scores(predict_classes(reference, recon), real_labels)["balanced_accuracy"]
+            results["real_class_balanced_accuracy"] = class_scores(predict_classes(reference, real), real_labels)["balanced_accuracy"]
+            results["chance_balanced_accuracy"] = 1.0 / len(names)
+            results.update(feature_metrics(reference, real, samples, train_images, rng))
         else:
             notes["utility"] = "skipped: needs class labels (more than one class)" if len(data.class_names) <= 1 else "skipped: evaluate.utility_epochs = 0"
+        morph = morphometry(real, real_labels, samples, train_images, train_labels, data.class_names)
+        results.update(morph.metrics)
         fid, notes["fid"] = M.fid_kid(real, samples)
         results.update(fid)
         results["seconds"] = round(time.perf_counter() - started, 2)
@@ -108,6 +117,14 @@ def run(cfg: Config, log: logging.Logger) -> None:
                           col_labels=[f"{d:.1f}" for d in audit["_generated_distances"][closest]],
                           title=f"closest generated/train pairs (RMS grey-level distance); nn_ratio {results['nn_ratio']:.2f}, "
                                 f"memorization_rate {results['memorization_rate']:.3f}")
+            morphometry_figure(morph.real, morph.generated, morph.reference, staging / "morphometry.png",
+                               title="CSF area fraction per class (ventricles + sulci inside the brain mask)")
+            nearest_real_figure(samples, real_labels, train_images, train_labels, data.class_names, staging / "nearest_real.png")
+            if utility_summary is not None:
+                chance = results["chance_balanced_accuracy"]
+                utility_bars(utility_summary, chance, staging / "utility.png",
+                             title=f"classifiers on real test slices ({ev.utility_seeds} seeds, mean ± std)")
+                write_utility_csv(utility_summary, staging / "utility.csv")
             strips = [model.interpolate(k, cfg.seed + 4, steps=10) for k in range(max(len(data.class_names), 1))]
             labelled_grid(strips, data.class_names, staging / "interpolation.png", title="latent interpolation (spherical, between two random z)")
         write_metrics("evaluate", results)
@@ -118,3 +135,81 @@ def run(cfg: Config, log: logging.Logger) -> None:
         for png in sorted(EVALUATE_DIR.glob("*.png")):
             mlflow.log_artifact(str(png), artifact_path="figures")
         log.info("evaluate: %s", ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
+
+
+def utility_metrics(cfg: Config, model: SynthModel, train_images, train_labels, test_images, test_labels, n_classes: int,
+                    rng: np.random.Generator, log: logging.Logger):
+    """The downstream-utility summary (``downstream.utility``) and the first seed's real-trained classifier."""
+    ev = cfg.evaluate
+    m = min(ev.utility_images or len(train_images), len(train_images))
+    pick = np.sort(rng.choice(len(train_images), m, replace=False))
+    seeds = [cfg.seed + 100 * i for i in range(ev.utility_seeds)]
+    result = utility(train_images[pick], train_labels[pick], model.sample, test_images, test_labels, n_classes, ev.utility_epochs,
+                     seeds, ev.synthetic_per_real, model.device, on_progress=log.info)
+    return result.summary(), result.reference
+
+
+def feature_metrics(reference, real: np.ndarray, samples: np.ndarray, train_images: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
+    """Fréchet distance and precision/recall in the real-trained classifier's feature space:
+    samples vs real test images, and (``_real``) as many real training images vs the same test images."""
+    real_features = penultimate_features(reference, real)
+    out = {"feature_fd": M.frechet_distance(real_features, penultimate_features(reference, samples))}
+    out.update({f"feature_{k}": v for k, v in M.precision_recall(real_features, penultimate_features(reference, samples)).items()})
+    if len(train_images) >= len(real):
+        baseline = penultimate_features(reference, train_images[np.sort(rng.choice(len(train_images), len(real), replace=False))])
+        out["feature_fd_real"] = M.frechet_distance(real_features, baseline)
+        out.update({f"feature_{k}_real": v for k, v in M.precision_recall(real_features, baseline).items()})
+    return out
+
+
+@dataclass
+class Morphometry:
+    metrics: dict[str, float]
+    real: dict[str, np.ndarray]  # CSF fractions per class: real test slices
+    generated: dict[str, np.ndarray]  # samples drawn for the same labels
+    reference: dict[str, np.ndarray]  # real training slices
+
+
+def morphometry(real, real_labels, samples, train_images, train_labels, class_names: list[str]) -> Morphometry:
+    """CSF area fraction per class on real test slices, samples and real training slices; their
+    per-class 1-D Wasserstein distances and the worst class's ratio to the real-vs-real distance."""
+    names = class_names or ["all"]
+    fr, fg, ft = M.csf_fraction(real), M.csf_fraction(samples), M.csf_fraction(train_images)
+    by_class = lambda values, labels: {name: values[labels == k] for k, name in enumerate(names) if (labels == k).any()}  # noqa: E731
+    real_d, gen_d, ref_d = by_class(fr, real_labels), by_class(fg, real_labels), by_class(ft, train_labels)
+    out: dict[str, float] = {}
+    ratios = []
+    for name in real_d:
+        out[f"csf_fraction_real_{name}"] = float(np.nanmean(real_d[name]))
+        out[f"csf_fraction_generated_{name}"] = float(np.nanmean(gen_d[name]))
+        out[f"morph_distance_{name}"] = M.morphometric_distance(gen_d[name], real_d[name])
+        if name in ref_d:
+            out[f"morph_distance_real_{name}"] = M.morphometric_distance(ref_d[name], real_d[name])
+            ratios.append(out[f"morph_distance_{name}"] / max(out[f"morph_distance_real_{name}"], 1e-6))
+    if ratios:
+        out["morph_distance_ratio"] = float(max(ratios))
+    return Morphometry(out, real_d, gen_d, ref_d)
+
+
+def nearest_real_figure(samples, sample_labels, train_images, train_labels, class_names: list[str], path, per_class: int = 6):
+    """For each class, generated slices above their nearest real training slice of that class
+    (RMS grey-level distance, mirror images included): a person can judge anatomy at the same level."""
+    rows, labels = [], []
+    for k, name in enumerate(class_names or ["all"]):
+        generated = samples[sample_labels == k][:per_class]
+        pool = train_images[train_labels == k]
+        if len(generated) == 0 or len(pool) == 0:
+            continue
+        references = np.concatenate([pool, pool[:, :, ::-1]])
+        _, index = M.nearest_distances(generated, references)
+        rows += [generated, references[index]]
+        labels += [f"{name}\ngenerated", f"{name}\nnearest real"]
+    labelled_grid(rows, labels, path, title="generated slices and their nearest real training slice (same class)")
+
+
+def write_utility_csv(summary: dict[str, float], path) -> None:
+    """One row per classifier kind (DVC bar plot): kind, balanced accuracy mean and std."""
+    lines = ["kind,balanced_accuracy,std"]
+    lines += [f"{kind},{summary[f'{kind}_balanced_accuracy_mean']:.4f},{summary[f'{kind}_balanced_accuracy_std']:.4f}"
+              for kind in KINDS if f"{kind}_balanced_accuracy_mean" in summary]
+    path.write_text("\n".join(lines) + "\n")

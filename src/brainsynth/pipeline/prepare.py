@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
+
 import mlflow
 import numpy as np
 
@@ -12,7 +14,7 @@ from brainsynth.data import prepared
 from brainsynth.data.embedded import build_cohort
 from brainsynth.data.errors import DataError
 from brainsynth.data.ingest import check_bad_fraction, ingest
-from brainsynth.data.splits import SPLITS, check_subjects_isolated, split_by_subject, subjects_in_several_classes
+from brainsynth.data.splits import SPLITS, check_subjects_isolated, split_by_subject, subjects_in_several_classes, subsample_train_subjects
 from brainsynth.files import atomic_dir
 from brainsynth.paths import LOG_DIR, PREPARED_DIR, SKIPPED_REPORT
 from brainsynth.pipeline.stage import mlflow_run, write_metrics
@@ -59,6 +61,16 @@ def run(cfg: Config, log: logging.Logger) -> None:
                 log.warning("%d slices came from images smaller than data.image_size=%d and were upsampled", ingested.upsampled, cfg.data.image_size)
         splits = split_by_subject(cohort.subjects, cohort.labels, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
         check_subjects_isolated(cohort.subjects, splits)
+        if cfg.data.train_fraction < 1.0:
+            # Scarcity: the left-out training subjects leave the prepared data altogether, so tune,
+            # train and evaluate see only the small cohort a data-poor study would have.
+            splits = subsample_train_subjects(cohort.subjects, cohort.labels, splits, cfg.data.train_fraction, cfg.seed)
+            kept = splits != "unused"
+            log.info("data.train_fraction=%g: %d of %d training subjects kept (per class, seeded); val and test unchanged",
+                     cfg.data.train_fraction, len(np.unique(cohort.subjects[splits == "train"])),
+                     len(np.unique(cohort.subjects[(splits == "train") | ~kept])))
+            cohort = replace(cohort, images=cohort.images[kept], labels=cohort.labels[kept], subjects=cohort.subjects[kept])
+            splits = splits[kept]
         counts = count_table(cohort.labels, cohort.subjects, splits, cohort.class_names)
         mixed = subjects_in_several_classes(cohort.subjects, cohort.labels)
         counts["subjects_in_several_classes"] = len(mixed)
