@@ -296,7 +296,7 @@ def test_the_kept_model_is_the_one_model_file(pipeline, monkeypatch, keep):
     objectives = iter([3.0, 5.0])  # epoch 1 is the best of the two validated epochs
     decoders = {}
 
-    def scripted_validation(trainer, images, labels, cfg):
+    def scripted_validation(trainer, images, labels, cfg, judge=None):
         decoders[trainer.epoch] = {k: v.clone() for k, v in trainer.model.ema_decoder.state_dict().items()}
         return {"val_swd": 1.0, "val_recon_mae": 1.0, "val_objective": next(objectives)}
 

@@ -227,8 +227,9 @@ class TuneConfig(_Section):
     scale_schedule: bool
     max_train_images: int = Field(ge=0)
     eval_images: int = Field(ge=8)
-    objective: Literal["swd_recon", "swd", "recon_mae"]
+    objective: Literal["swd_recon", "swd", "recon_mae", "swd_recon_class"]
     recon_weight: float = Field(ge=0.0)
+    class_weight: float = Field(ge=0.0)
     sampler: Literal["tpe", "random"]
     pruner: Literal["median", "hyperband", "none"]
     n_workers: int = Field(ge=1, le=64)

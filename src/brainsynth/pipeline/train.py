@@ -29,7 +29,7 @@ from brainsynth.config import Config, load_overrides
 from brainsynth.data import prepared
 from brainsynth.engine import Trainer
 from brainsynth.files import atomic_dir, write_json_atomic
-from brainsynth.objective import validation_metrics
+from brainsynth.objective import class_judge, validation_metrics
 from brainsynth.paths import BEST_CHECKPOINT, BEST_PARAMS, MODEL_FILE, PREPARED_DIR, RESUME_CHECKPOINT, TRAIN_DIR
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
 from brainsynth.serving import log_generator
@@ -71,6 +71,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
     train_images, train_labels = data.split("train")
     val_images, val_labels = data.split("val")
     trainer = Trainer(cfg, train_images, train_labels, len(data.class_names))
+    judge = class_judge(cfg, train_images, train_labels, len(data.class_names), trainer.device)
     log.info("training on %s: %d images, %d steps/epoch, batch %d", trainer.device, len(train_images), trainer.steps_per_epoch, trainer.batch_size)
 
     print_fp = fingerprint(cfg)
@@ -103,7 +104,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
             stats = trainer.train_epoch(on_log=lambda step, means: mlflow.log_metrics({f"step_{k}": v for k, v in means.items()}, step=step))
             epoch_metrics = {**{f"train_{k}": v for k, v in stats.losses.items()}, "images_per_second": stats.images_per_second, "epoch_seconds": stats.seconds}
             if len(val_images) and (stats.epoch % cfg.train.sample_every == 0 or stats.epoch == cfg.train.epochs):
-                scores = validation_metrics(trainer, val_images, val_labels, cfg)
+                scores = validation_metrics(trainer, val_images, val_labels, cfg, judge)
                 epoch_metrics.update(scores)
                 val_history.append({"epoch": stats.epoch, **scores})
                 path = class_grid(trainer.sample, data.class_names, 8, cfg.seed, staging_figures / f"epoch_{stats.epoch:04d}.png",

@@ -45,13 +45,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from brainsynth import engine, inference, losses, metrics, nets, objective, search_space as search_space_module, tracking
+from brainsynth import downstream, engine, inference, losses, metrics, nets, objective, search_space as search_space_module, tracking
 from brainsynth.config import Config, validate
 from brainsynth.data import prepared
 from brainsynth.device import resolve_device
 from brainsynth.engine import DivergenceError, Trainer
 from brainsynth.files import write_text_atomic
-from brainsynth.objective import validation_metrics
+from brainsynth.objective import class_judge, validation_metrics
 from brainsynth.paths import BEST_PARAMS, LOG_DIR, PREPARED_DIR, STUDY_JOURNAL
 from brainsynth.pipeline.stage import NOISY_LOGGERS, StageError, mlflow_run, upstream_tags, write_metrics
 from brainsynth.search_space import baseline_params, decoded_params, search_space, suggest, trial_config
@@ -61,7 +61,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that do not change what a trial computes: changing them continues the same study.
 _NOT_IN_STUDY_KEY = ("tune.n_trials", "tune.n_workers", "tune.storage", "tune.min_improvement", "mlflow.", "evaluate.", "generate.",
                      "train.sample_every", "train.log_every", "train.n_sample_images", "train.keep")
-_TRIAL_CODE = (engine, nets, losses, objective, metrics, inference, search_space_module)
+_TRIAL_CODE = (engine, nets, losses, objective, downstream, metrics, inference, search_space_module)
 
 log = logging.getLogger("brainsynth.tune")
 
@@ -72,6 +72,8 @@ log = logging.getLogger("brainsynth.tune")
 def study_name(cfg: Config) -> str:
     ignored = _NOT_IN_STUDY_KEY if cfg.tune.scale_schedule else (*_NOT_IN_STUDY_KEY, "train.epochs")  # only scaled trials depend on it
     relevant = {k: v for k, v in cfg.flat().items() if not k.startswith(ignored)}
+    if cfg.tune.objective == "swd_recon_class":  # the class judge's training budget shapes the objective
+        relevant["evaluate.utility_epochs"] = cfg.evaluate.utility_epochs
     files = [Path(m.__file__) for m in _TRIAL_CODE] + [Path(__file__)]  # this module holds the trial loop
     code = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
     blob = json.dumps({"cfg": relevant, "data": tracking.digest(PREPARED_DIR), "code": code}, sort_keys=True, default=str)
@@ -183,6 +185,8 @@ class Objective:
         self.cfg, self.class_names, self.parent_run_id, self.device = cfg, data.class_names, parent_run_id, device
         self.space = search_space(cfg, quiet)
         self.arrays = trial_data(cfg, data, quiet)
+        train_images, train_labels = data.split("train")
+        self.judge = class_judge(cfg, train_images, train_labels, len(data.class_names), device or resolve_device(cfg.train.device))
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = self.cfg
@@ -199,7 +203,7 @@ class Objective:
             value = math.inf
             for epoch in range(cfg.tune.epochs):
                 stats = trainer.train_epoch()
-                scores = validation_metrics(trainer, val_images, val_labels, trial_cfg)
+                scores = validation_metrics(trainer, val_images, val_labels, trial_cfg, self.judge)
                 value = scores["val_objective"]
                 mlflow.log_metrics({**{f"train_{k}": v for k, v in stats.losses.items()}, **scores}, step=epoch + 1)
                 log.info("trial %d epoch %d: objective %.3f (swd %.2f, mae %.2f)", trial.number, epoch + 1, value, scores["val_swd"], scores["val_recon_mae"])
