@@ -6,6 +6,8 @@ makes? Uses the trained model (models/train/model.pt) and data/prepared; logs no
    σ in px) or denoised (3×3 median): if these fall to chance, it keys on fine detail/noise.
 2. A classifier trained *and* tested on blurred slices: is the grade still present at that
    resolution at all (coarse anatomy: ventricles), i.e. could a smooth generator carry it?
+4. Prior samples with Rician noise at the real slices' level (σ per image from the background of real
+   training slices): is acquisition noise the cue the classifier needs?
 3. Samples decoded from a per-class Gaussian fitted to the encoder's posterior means of the training
    slices (ex-post density estimation, Ghosh et al. 2020) instead of N(0, I): if TSTR jumps, the class
    travels through z and the decoder ignores the label.
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from brainsynth import metrics
 from brainsynth.data import prepared
 from brainsynth.downstream import class_scores, train_classifier
 from brainsynth.inference import SynthModel, predict_classes, to_uint8, unit_batches
@@ -49,6 +52,20 @@ def class_gaussian_samples(model: SynthModel, images: np.ndarray, labels: np.nda
     return out
 
 
+def background_sigmas(images: np.ndarray) -> np.ndarray:
+    """Per-image Rician σ (grey levels) from the background: there the magnitude is Rayleigh, mean σ·√(π/2)."""
+    brain, _ = metrics.brain_masks(images)
+    outside = ~np.stack([ndimage.binary_dilation(b, iterations=3) for b in brain])
+    return np.array([image[mask].astype(np.float64).mean() / np.sqrt(np.pi / 2) for image, mask in zip(images, outside)])
+
+
+def with_rician_noise(images: np.ndarray, sigmas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    s = rng.choice(sigmas, len(images))[:, None, None]
+    x = images.astype(np.float64)
+    noisy = np.sqrt((x + s * rng.standard_normal(x.shape)) ** 2 + (s * rng.standard_normal(x.shape)) ** 2)
+    return noisy.round().clip(0, 255).astype(np.uint8)
+
+
 def main() -> None:
     data = prepared.load(PREPARED_DIR)
     model = SynthModel.load(MODEL_FILE, "cpu")
@@ -66,7 +83,10 @@ def main() -> None:
         print(f"classifier trained and tested on slices blurred σ={sigma}: {balanced(coarse, blurred(sx, sigma), sy):.3f}")
     prior = model.sample(ty, 1)
     posterior = class_gaussian_samples(model, tx, ty, 1)
-    for name, images in (("N(0, I) prior", prior), ("per-class Gaussian on μ", posterior)):
+    sigmas = background_sigmas(tx)
+    print(f"real slices' background noise σ: median {np.median(sigmas):.2f} grey levels")
+    noisy = with_rician_noise(prior, sigmas, np.random.default_rng(0))
+    for name, images in (("N(0, I) prior", prior), ("per-class Gaussian on μ", posterior), ("N(0, I) prior + Rician noise", noisy)):
         tstr = train_classifier(images, ty, k, EPOCHS, 0, device)
         print(f"samples from {name}: TSTR {balanced(tstr, sx, sy):.3f}, GAN-test {balanced(reference, images, ty):.3f}")
 
