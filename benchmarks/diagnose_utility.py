@@ -6,11 +6,11 @@ makes? Uses the trained model (models/train/model.pt) and data/prepared; logs no
    σ in px) or denoised (3×3 median): if these fall to chance, it keys on fine detail/noise.
 2. A classifier trained *and* tested on blurred slices: is the grade still present at that
    resolution at all (coarse anatomy: ventricles), i.e. could a smooth generator carry it?
-4. Prior samples with Rician noise at the real slices' level (σ per image from the background of real
-   training slices): is acquisition noise the cue the classifier needs?
 3. Samples decoded from a per-class Gaussian fitted to the encoder's posterior means of the training
    slices (ex-post density estimation, Ghosh et al. 2020) instead of N(0, I): if TSTR jumps, the class
    travels through z and the decoder ignores the label.
+4. Prior samples with Rician noise at the real slices' level (σ per image from the background of real
+   training slices): is acquisition noise the cue the classifier needs?
 
     python benchmarks/diagnose_utility.py
 """
