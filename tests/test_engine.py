@@ -101,8 +101,15 @@ def test_checkpoint_loading_rejects_arbitrary_objects(tmp_path):
         pickle.dump({"model": _Exploit()}, handle)
     torch.save({"x": _Exploit()}, tmp_path / "evil2.pt")
     for bad in (path, tmp_path / "evil2.pt"):
-        with pytest.raises(CheckpointError, match="refused or unreadable"):
+        with pytest.raises(CheckpointError, match=r"not a plain-tensor checkpoint .*refused for safety\)$") as err:
             load_safe(bad)
+        assert "weights_only" not in str(err.value)  # never pass on PyTorch's advice to turn the safety off
+    (tmp_path / "text.pt").write_text("hello, not a checkpoint")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "evil2.pt").read_bytes()[:50])
+    for bad in ("text.pt", "empty.pt", "cut.pt"):
+        with pytest.raises(CheckpointError, match=r"not a checkpoint file \(unreadable, truncated or another format\)$"):
+            load_safe(tmp_path / bad)
 
 
 def test_atomic_save_leaves_no_partial_file(tmp_path):

@@ -32,8 +32,17 @@ def load_safe(path: str | Path, map_location: str | torch.device = "cpu") -> dic
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: refused or unreadable checkpoint ({reason})") from None
+        raise CheckpointError(f"{path}: {_refusal_reason(err)}") from None
+
+
+def _refusal_reason(err: Exception) -> str:
+    """One line for a file torch.load(weights_only=True) would not load. PyTorch's own message
+    advises ``weights_only=False``, which is exactly what must not be done with an untrusted file,
+    so it is not passed on."""
+    text = str(err)
+    if "Weights only load failed" in text or "Unsupported global" in text or "Unsupported operand" in text:
+        return "not a plain-tensor checkpoint (it needs arbitrary Python objects to load; refused for safety)"
+    return "not a checkpoint file (unreadable, truncated or another format)"
 
 
 # --- training checkpoints ------------------------------------------------------------------------

@@ -11,6 +11,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _usual_mode(path: Path, folder: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700 entries; give the result the mode any other new file or
+    folder of the user would get (0666/0777 less the umask), so outputs stay readable to the group
+    as usual."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_file(path: Path, mode: str = "wb"):
     """Yield a handle on a temporary file beside ``path``; on success it is flushed to disk and
@@ -24,6 +37,7 @@ def atomic_file(path: Path, mode: str = "wb"):
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        _usual_mode(Path(tmp), folder=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,14 +62,24 @@ def atomic_dir(target: Path):
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield staging
+        _usual_mode(staging, folder=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     backup = target.with_name(f".{target.name}.old")
     shutil.rmtree(backup, ignore_errors=True)
-    if target.exists():
-        os.replace(target, backup)
-    os.replace(staging, target)
+    moved_aside = False
+    try:
+        if target.exists():
+            os.replace(target, backup)
+            moved_aside = True
+        os.replace(staging, target)
+    except BaseException:
+        # A failed swap leaves things as they were: the old folder back in place, no staging folder.
+        if moved_aside and not target.exists():
+            os.replace(backup, target)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(backup, ignore_errors=True)
 
 
