@@ -117,3 +117,15 @@ def test_export_never_replaces_a_users_folder_by_accident(model_file, tmp_path, 
     assert generate_main(["--model", str(model_file), "--out", str(export_dir), "--n-per-class", "2"]) == 0
     assert generate_main(["--model", str(model_file), "--out", str(precious), "--n-per-class", "1", "--force"]) == 0
     assert not (precious / "scan.nii.gz").exists()
+
+
+def test_a_registry_uri_outside_the_repo_creates_nothing_and_names_the_store(tmp_path, monkeypatch, capsys):
+    from brainsynth import export
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert export.main(["--model", "models:/brainsynth/1", "--out", str(tmp_path / "synth")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"no MLflow store at sqlite:///{tmp_path.resolve() / 'mlflow.db'}" in error[0]
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db, no output folder

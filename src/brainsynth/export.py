@@ -36,11 +36,17 @@ def resolve_model_file(source: str) -> Path:
 
     from brainsynth import tracking
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    uri = tracking.tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # Opening a missing SQLite store would create an empty mlflow.db here and then report the
+        # model "not found" without saying where it looked.
+        raise CheckpointError(f"--model {source!r}: no MLflow store at {uri} (run inside the brainsynth repo, or set MLFLOW_TRACKING_URI)")
+    mlflow.set_tracking_uri(uri)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
     except Exception as err:
-        raise CheckpointError(f"--model {source!r}: cannot fetch it from MLflow ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        raise CheckpointError(f"--model {source!r}: cannot fetch it from the MLflow store {uri} "
+                              f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
     if local.is_file():
         return local
     candidates = sorted(local.rglob("*.pt"))
