@@ -230,6 +230,41 @@ def test_killed_training_resumes_in_the_same_mlflow_run(pipeline, monkeypatch):
     assert sorted(steps) == [1, 2]  # epoch 1 from the killed process, epoch 2 after resuming
 
 
+def test_a_killed_run_whose_checkpoint_is_discarded_is_closed_as_killed(pipeline, monkeypatch):
+    """#13 item 7: SIGKILL leaves the MLflow run RUNNING; when the next training discards that
+    checkpoint (the config changed), the orphan is marked KILLED rather than RUNNING forever."""
+    work, _ = pipeline
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(work))
+    from brainsynth.config import load
+    from brainsynth.engine import Trainer
+    from brainsynth.pipeline import train
+    from brainsynth.pipeline.stage import run_stage
+
+    original = Trainer.train_epoch
+    finished = []
+
+    def killed_in_second_epoch(self, *args, **kwargs):
+        if finished:
+            raise KeyboardInterrupt
+        finished.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed_in_second_epoch)
+    with pytest.raises(SystemExit):
+        run_stage("train", train.run)
+    client, runs = _runs(work)
+    orphan = max((r for r in runs if r.data.tags.get("stage") == "train"), key=lambda r: r.info.start_time)
+    client.update_run(orphan.info.run_id, status="RUNNING")  # what a SIGKILL leaves behind
+
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    cfg = load(work / "params.yaml").with_overrides({"loss.drift_weight": 0.002})  # another config: the checkpoint is discarded
+    run_stage("train", train.run, cfg)
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    run_stage("train", train.run)  # back to the committed params (later tests use its outputs)
+
+
 def test_changed_raw_folder_reruns_prepare(tmp_path):
     """data.source is a DVC dependency: adding files to the user's folder makes prepare stale."""
     from PIL import Image

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import mlflow
+from mlflow.tracking import MlflowClient
 
 from brainsynth import tracking
 from brainsynth.checkpoint import CheckpointError, load_model_file, load_safe, restore_training_state, save_model_file, save_training_state
@@ -62,6 +63,21 @@ def save_ema_model(path: Path, trainer: Trainer, cfg: Config, class_names: list[
     save_model_file(path, cfg.model, trainer.image_size, model.n_classes, class_names, model.ema_encoder, model.ema_decoder)
 
 
+def close_abandoned_run(run_id: str | None, log: logging.Logger) -> None:
+    """The MLflow run of a killed training whose checkpoint is now discarded will never resume:
+    mark it KILLED (as tune does for stale trials) instead of leaving it RUNNING forever."""
+    if not run_id:
+        return
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+            client.set_tag(run_id, "error", "abandoned: its checkpoint belonged to another config or data")
+            log.info("marked the abandoned training run %s KILLED", run_id)
+    except Exception:  # the run may live in another tracking store
+        pass
+
+
 def run(cfg: Config, log: logging.Logger) -> None:
     tuned = load_overrides(BEST_PARAMS)
     if tuned:
@@ -92,6 +108,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
             log.info("resuming from %s at epoch %d (mlflow run %s)", RESUME_CHECKPOINT, trainer.epoch, resume_run_id)
         elif state is not None:
             log.info("resume checkpoint %s belongs to another config or data: starting fresh", RESUME_CHECKPOINT)
+            close_abandoned_run(state.get("mlflow_run_id"), log)
 
     if resume_run_id is None:
         BEST_CHECKPOINT.unlink(missing_ok=True)  # a best model of an earlier, different run
