@@ -259,10 +259,37 @@ def test_a_killed_run_whose_checkpoint_is_discarded_is_closed_as_killed(pipeline
     client.update_run(orphan.info.run_id, status="RUNNING")  # what a SIGKILL leaves behind
 
     monkeypatch.setattr(Trainer, "train_epoch", original)
-    cfg = load(work / "params.yaml").with_overrides({"loss.drift_weight": 0.002})  # another config: the checkpoint is discarded
+    cfg = load(work / "params.yaml").with_overrides({"train.n_sample_images": 4})  # another config: the checkpoint is discarded
     run_stage("train", train.run, cfg)
     assert client.get_run(orphan.info.run_id).info.status == "KILLED"
     run_stage("train", train.run)  # back to the committed params (later tests use its outputs)
+
+
+def test_train_refuses_tuned_values_found_for_other_params(pipeline, monkeypatch, capsys):
+    """#13 item 8: a direct `python stages/train.py` after params.yaml changed must not lay stale
+    tuned values over it."""
+    work, _ = pipeline
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(work))
+    from brainsynth.config import load
+    from brainsynth.pipeline import train
+    from brainsynth.pipeline.stage import run_stage
+
+    best = work / "models" / "tune" / "best_params.yaml"
+    original = best.read_text()
+    try:
+        best.write_text("optim: {lr: 0.0004}\n")  # a tuned value, found for the committed params
+        train.check_tuned_for(load(work / "params.yaml"))  # same params: accepted
+        changed = load(work / "params.yaml").with_overrides({"loss.drift_weight": 0.002})
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            run_stage("train", train.run, changed)
+        assert exit_info.value.code == 1
+        error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(error) == 1 and "tuned for other params" in error[0] and "loss.drift_weight: 0.001 → 0.002" in error[0]
+    finally:
+        best.write_text(original)
 
 
 def test_changed_raw_folder_reruns_prepare(tmp_path):

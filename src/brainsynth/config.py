@@ -303,6 +303,22 @@ class Config(_Section):
 # --- helpers ---------------------------------------------------------------------------------
 
 
+# Params that do not shape what tuning finds: how many trials/workers/where, and what happens after.
+NOT_TUNING_INPUTS = ("tune.n_trials", "tune.n_workers", "tune.storage", "tune.min_improvement", "mlflow.", "evaluate.", "generate.",
+                     "train.sample_every", "train.log_every", "train.n_sample_images", "train.keep")
+
+
+def tuning_inputs(cfg: Config) -> dict[str, Any]:
+    """The params tuning results depend on (flat), as the tune stage saw them: what train compares
+    before laying tuned values over a params.yaml that may have changed since."""
+    flat = cfg.flat()  # not recorded as reads: comparing params is not using them
+    ignored = NOT_TUNING_INPUTS if flat["tune.scale_schedule"] else (*NOT_TUNING_INPUTS, "train.epochs")  # only scaled trials use it
+    relevant = {k: v for k, v in flat.items() if not k.startswith(ignored)}
+    if flat["tune.objective"] == "swd_recon_class":  # the class judge's training budget shapes the objective
+        relevant["evaluate.utility_epochs"] = flat["evaluate.utility_epochs"]
+    return relevant
+
+
 def flat_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     """Every leaf key path a section model accepts (used for 'did you mean' and search spaces)."""
     keys = []

@@ -15,6 +15,7 @@ SKIPPED_REPORT = PREPARED_DIR / "skipped.csv"
 TUNE_DIR = Path("models/tune")  # tune → train
 BEST_PARAMS = TUNE_DIR / "best_params.yaml"  # a params file: dvc.yaml lists it under train's params
 STUDY_JOURNAL = TUNE_DIR / "study.journal"
+TUNED_FOR = TUNE_DIR / "tuned_for.json"  # the params the tuned values were found for (train refuses a mismatch)
 
 TRAIN_DIR = Path("models/train")  # train → evaluate, generate, the registry
 MODEL_FILE = TRAIN_DIR / "model.pt"

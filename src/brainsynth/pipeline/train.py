@@ -26,12 +26,12 @@ from mlflow.tracking import MlflowClient
 
 from brainsynth import tracking
 from brainsynth.checkpoint import CheckpointError, load_model_file, load_safe, restore_training_state, save_model_file, save_training_state
-from brainsynth.config import Config, load_overrides
+from brainsynth.config import Config, ConfigError, load_overrides, tuning_inputs
 from brainsynth.data import prepared
 from brainsynth.engine import Trainer
 from brainsynth.files import atomic_dir, write_json_atomic
 from brainsynth.objective import class_judge, validation_metrics
-from brainsynth.paths import BEST_CHECKPOINT, BEST_PARAMS, MODEL_FILE, PREPARED_DIR, RESUME_CHECKPOINT, TRAIN_DIR
+from brainsynth.paths import BEST_CHECKPOINT, BEST_PARAMS, MODEL_FILE, PREPARED_DIR, RESUME_CHECKPOINT, TRAIN_DIR, TUNED_FOR
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
 from brainsynth.serving import log_generator
 from brainsynth.viz import class_grid, training_curves
@@ -63,6 +63,22 @@ def save_ema_model(path: Path, trainer: Trainer, cfg: Config, class_names: list[
     save_model_file(path, cfg.model, trainer.image_size, model.n_classes, class_names, model.ema_encoder, model.ema_decoder)
 
 
+def check_tuned_for(cfg: Config) -> None:
+    """Refuse tuned values found for other params: a direct ``python stages/train.py`` after
+    params.yaml changed would otherwise lay stale values over it (``dvc repro`` reruns tune first)."""
+    if not TUNED_FOR.is_file():
+        raise ConfigError(f"{BEST_PARAMS}: no record of the params it was tuned for ({TUNED_FOR}); rerun tuning: dvc repro tune")
+    try:
+        recorded = json.loads(TUNED_FOR.read_text())
+    except ValueError:
+        raise ConfigError(f"{TUNED_FOR}: not valid JSON; rerun tuning: dvc repro tune") from None
+    current = json.loads(json.dumps(tuning_inputs(cfg), default=str))  # as JSON stores it (tuples → lists)
+    changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {recorded.get(k)!r} → {current.get(k)!r}" for k in changed[:3]) + (" …" if len(changed) > 3 else "")
+        raise ConfigError(f"{BEST_PARAMS} was tuned for other params ({shown}); rerun tuning first: dvc repro tune (or dvc repro)")
+
+
 def close_abandoned_run(run_id: str | None, log: logging.Logger) -> None:
     """The MLflow run of a killed training whose checkpoint is now discarded will never resume:
     mark it KILLED (as tune does for stale trials) instead of leaving it RUNNING forever."""
@@ -81,6 +97,7 @@ def close_abandoned_run(run_id: str | None, log: logging.Logger) -> None:
 def run(cfg: Config, log: logging.Logger) -> None:
     tuned = load_overrides(BEST_PARAMS)
     if tuned:
+        check_tuned_for(cfg)
         log.info("laying tuned parameters over params.yaml: %s", tuned)
         cfg = cfg.with_overrides(tuned, source=str(BEST_PARAMS))
     data = prepared.load(PREPARED_DIR)

@@ -46,21 +46,19 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from brainsynth import downstream, engine, inference, losses, metrics, nets, objective, search_space as search_space_module, tracking
-from brainsynth.config import Config, validate
+from brainsynth.config import Config, tuning_inputs, validate
 from brainsynth.data import prepared
 from brainsynth.device import resolve_device
 from brainsynth.engine import DivergenceError, Trainer
-from brainsynth.files import write_text_atomic
+from brainsynth.files import write_json_atomic, write_text_atomic
 from brainsynth.objective import class_judge, validation_metrics
-from brainsynth.paths import BEST_PARAMS, LOG_DIR, PREPARED_DIR, STUDY_JOURNAL
+from brainsynth.paths import BEST_PARAMS, LOG_DIR, PREPARED_DIR, STUDY_JOURNAL, TUNED_FOR
 from brainsynth.pipeline.stage import NOISY_LOGGERS, StageError, mlflow_run, upstream_tags, write_metrics
 from brainsynth.search_space import baseline_params, decoded_params, search_space, suggest, trial_config
 from brainsynth.viz import class_grid
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that do not change what a trial computes: changing them continues the same study.
-_NOT_IN_STUDY_KEY = ("tune.n_trials", "tune.n_workers", "tune.storage", "tune.min_improvement", "mlflow.", "evaluate.", "generate.",
-                     "train.sample_every", "train.log_every", "train.n_sample_images", "train.keep")
 _TRIAL_CODE = (engine, nets, losses, objective, downstream, metrics, inference, search_space_module)
 
 log = logging.getLogger("brainsynth.tune")
@@ -70,10 +68,7 @@ log = logging.getLogger("brainsynth.tune")
 
 
 def study_name(cfg: Config) -> str:
-    ignored = _NOT_IN_STUDY_KEY if cfg.tune.scale_schedule else (*_NOT_IN_STUDY_KEY, "train.epochs")  # only scaled trials depend on it
-    relevant = {k: v for k, v in cfg.flat().items() if not k.startswith(ignored)}
-    if cfg.tune.objective == "swd_recon_class":  # the class judge's training budget shapes the objective
-        relevant["evaluate.utility_epochs"] = cfg.evaluate.utility_epochs
+    relevant = tuning_inputs(cfg)
     files = [Path(m.__file__) for m in _TRIAL_CODE] + [Path(__file__)]  # this module holds the trial loop
     code = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
     blob = json.dumps({"cfg": relevant, "data": tracking.digest(PREPARED_DIR), "code": code}, sort_keys=True, default=str)
@@ -345,6 +340,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
             else:
                 log.warning("no trial completed: train uses params.yaml as written")
         write_best_params(chosen_params)
+        write_json_atomic(TUNED_FOR, tuning_inputs(cfg))
         tracking.tag_outputs(BEST_PARAMS)
         seconds = time.perf_counter() - started
         metrics_out = {**summary, "trials_this_run": trials_this_run, "best_value": best_value, "seconds": round(seconds, 2)}
