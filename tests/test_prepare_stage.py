@@ -109,3 +109,17 @@ def test_train_fraction_drops_training_subjects_only(workdir):
     assert set(np.unique(scarce.splits)) == {"train", "val", "test"}  # the dropped slices are gone, not relabelled
     metrics = json.loads((tmp_path / "metrics" / "prepare.json").read_text())
     assert metrics["train/n_subjects"] == len(set(scarce.subjects[scarce.splits == "train"]))
+
+
+def test_a_class_too_small_to_split_is_named_in_a_warning(workdir, capsys):
+    tmp_path, configure = workdir
+    make_folder(tmp_path / "cohort", n_subjects=4)
+    for path in (tmp_path / "cohort" / "AD").glob("OAS1_11000*"):  # AD keeps 3 subjects …
+        path.unlink()
+    for path in (tmp_path / "cohort" / "AD").glob("OAS1_11001*"):  # … then 2
+        path.unlink()
+    configure(tmp_path / "cohort")
+    capsys.readouterr()
+    run_stage("prepare", prepare.run)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "needs at least 3 subjects" in line]
+    assert len(warnings) == 1 and "class 'AD' has 2 subject(s)" in warnings[0]

@@ -72,6 +72,11 @@ def run(cfg: Config, log: logging.Logger) -> None:
             cohort = replace(cohort, images=cohort.images[kept], labels=cohort.labels[kept], subjects=cohort.subjects[kept])
             splits = splits[kept]
         counts = count_table(cohort.labels, cohort.subjects, splits, cohort.class_names)
+        for k, name in enumerate(cohort.class_names):
+            n = len(np.unique(cohort.subjects[cohort.labels == k]))
+            if 0 < n < 3:
+                log.warning("class %r has %d subject(s): all of them go to train and the class is absent from val and test "
+                            "(a class needs at least 3 subjects to be split)", name, n)
         mixed = subjects_in_several_classes(cohort.subjects, cohort.labels)
         counts["subjects_in_several_classes"] = len(mixed)
         if mixed:
