@@ -100,3 +100,27 @@ def test_reads_are_recorded_by_key_path():
 
         config_module._reads = None
     assert reads == {"train.epochs", "data.volume.slice_axis", "optim.lr"}
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda root: root / "typo", "no such folder"),
+    (lambda root: (root / "file.png").write_bytes(b"x") and root / "file.png", "is a file"),
+    (lambda root: (root / "empty").mkdir() or root / "empty", "the folder is empty"),
+])
+def test_prepare_checks_data_source_before_any_import_or_run(tmp_path, make, expected):
+    """#13 item 5: a path typo fails in the pre-check (exit 2, one line), with no MLflow run or store created."""
+    import subprocess
+    import sys
+
+    from helpers import write_params
+
+    work = tmp_path / "work"
+    work.mkdir()
+    source = make(tmp_path)
+    write_params(work / "params.yaml", {"data": {"source": str(source)}})
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py")], cwd=work, capture_output=True, text=True,
+                            env={**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: data.source = ") and expected in lines[0]
+    assert sorted(p.name for p in work.iterdir()) == ["params.yaml"]  # no mlflow.db, no logs, no outputs

@@ -431,11 +431,30 @@ def load_overrides(path: str | Path) -> dict[str, Any]:
     return flatten(raw)
 
 
-def check_or_exit(path: str | Path = "params.yaml") -> Config:
+def check_data_source(cfg: Config) -> None:
+    """``data.source`` is 'embedded' or an existing, non-empty folder (prepare's pre-check: a path
+    typo fails before any import or MLflow run)."""
+    source = cfg.data.source
+    if source == "embedded":
+        return
+    root = Path(source).expanduser()
+    if not root.exists():
+        raise ConfigError(f"data.source = {source!r}: no such folder (or 'embedded' for the built-in cohort)")
+    if not root.is_dir():
+        raise ConfigError(f"data.source = {source!r}: is a file; point it at the folder that holds the data")
+    if not any(not entry.name.startswith(".") for entry in root.iterdir()):
+        raise ConfigError(f"data.source = {source!r}: the folder is empty")
+
+
+def check_or_exit(path: str | Path = "params.yaml", data_source: bool = False) -> Config:
     """Validate params.yaml before a stage imports torch and MLflow (seconds), so that a typo fails
-    in a fraction of a second: one ``error:`` line naming key, value and rule, exit status 2."""
+    in a fraction of a second: one ``error:`` line naming key, value and rule, exit status 2.
+    ``data_source``: also check that ``data.source`` exists (prepare)."""
     try:
-        return load(path)
+        cfg = load(path)
+        if data_source:
+            check_data_source(cfg)
+        return cfg
     except ConfigError as err:
         import sys
 
