@@ -124,3 +124,23 @@ def test_prepare_checks_data_source_before_any_import_or_run(tmp_path, make, exp
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: data.source = ") and expected in lines[0]
     assert sorted(p.name for p in work.iterdir()) == ["params.yaml"]  # no mlflow.db, no logs, no outputs
+
+
+@pytest.mark.parametrize("dim, expected", [
+    ({"optim.lr": {"type": "float", "low": 0.5, "high": 3.0}}, "tune.search_space.optim.lr: high 3.0 is not a valid optim.lr (Input should be less than or equal to 1)"),
+    ({"optim.n_critic": {"type": "int", "low": 0, "high": 2}}, "tune.search_space.optim.n_critic: low 0 is not a valid optim.n_critic (Input should be greater than or equal to 1)"),
+    ({"model.upsample": {"type": "categorical", "choices": ["bilinear", "cubic"]}}, "choice 'cubic' is not a valid model.upsample"),
+    ({"seed": {"type": "int", "low": -5, "high": 3}}, "tune.search_space.seed: low -5 is not a valid seed"),
+])
+def test_search_space_values_are_checked_against_the_parameters_bounds(dim, expected):
+    """#13 item 3: a range a trial cannot use fails when params.yaml is loaded, in one short line."""
+    with pytest.raises(ConfigError) as err:
+        validate(merged(repo_params(), {"tune": {"search_space": dim}}))
+    message = str(err.value)
+    assert expected in message and "\n" not in message and len(message) < 300
+
+
+def test_unknown_search_space_name_does_not_echo_the_config():
+    with pytest.raises(ConfigError) as err:
+        validate(merged(repo_params(), {"tune": {"search_space": {"optim.lrr": {"type": "float", "low": 0.1, "high": 1.0}}}}))
+    assert len(str(err.value)) < 200 and "seed" not in str(err.value)

@@ -283,9 +283,18 @@ class Config(_Section):
     @model_validator(mode="after")
     def _search_space_names_real_keys(self) -> "Config":
         known = set(flat_keys(type(self)))
-        for key in self.tune.search_space:
+        for key, dim in self.tune.search_space.items():
             if key not in known:
                 raise ValueError(f"tune.search_space names unknown parameter {key!r}{_did_you_mean(key, known)}")
+            # Every value a trial can draw must be one the parameter accepts, or the trial fails
+            # later inside Optuna with a traceback instead of here with one line.
+            values = dim.choices if dim.type == "categorical" else [dim.low, dim.high]
+            for name, value in zip(["choice"] * len(values) if dim.type == "categorical" else ["low", "high"], values):
+                if dim.type == "int":
+                    value = int(value)
+                problem = _value_problem(self, key, value)
+                if problem:
+                    raise ValueError(f"tune.search_space.{key}: {name} {value!r} is not a valid {key} ({problem})")
         return self
 
     def flat(self) -> dict[str, Any]:
@@ -358,6 +367,28 @@ def _did_you_mean(key: str, candidates: set[str] | list[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def _value_problem(cfg: "Config", key: str, value: Any) -> str | None:
+    """Why ``value`` is not accepted for the dotted ``key`` (validated within its top-level section,
+    with the rest of that section as configured), or None."""
+    from typing import Annotated
+
+    from pydantic import TypeAdapter
+
+    section_name, _, rest = key.partition(".")
+    section = getattr(cfg, section_name)
+    try:
+        if isinstance(section, BaseModel):
+            raw = section.model_dump(mode="json")
+            _set_dotted(raw, rest, value)
+            type(section).model_validate(raw)
+        else:  # a top-level scalar such as seed
+            field = type(cfg).model_fields[key]
+            TypeAdapter(Annotated.__class_getitem__((field.annotation, *field.metadata))).validate_python(value)
+    except ValidationError as err:
+        return err.errors()[0]["msg"].removeprefix("Value error, ")
+    return None
+
+
 def _first_error_line(err: ValidationError, raw: dict[str, Any], source: str) -> str:
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"]]
@@ -370,9 +401,10 @@ def _first_error_line(err: ValidationError, raw: dict[str, Any], source: str) ->
         return f"{source}: missing key {path!r} (params.yaml sets every parameter; see the README's table)"
     value = first.get("input")
     message = first["msg"].removeprefix("Value error, ")
-    shown = path or "(top level)"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: {shown} = {value!r}: {message}{more}"
+    if not path:  # a check across sections: its message names the keys; the input is the whole file
+        return f"{source}: {message}{more}"
+    return f"{source}: {path} = {value!r}: {message}{more}"
 
 
 def _section_keys(loc: list[str]) -> list[str]:
