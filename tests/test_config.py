@@ -144,3 +144,20 @@ def test_unknown_search_space_name_does_not_echo_the_config():
     with pytest.raises(ConfigError) as err:
         validate(merged(repo_params(), {"tune": {"search_space": {"optim.lrr": {"type": "float", "low": 0.1, "high": 1.0}}}}))
     assert len(str(err.value)) < 200 and "seed" not in str(err.value)
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("train", "epochs", True), ("train", "hflip", "yes"), ("train", "epochs", 2.5), ("model", "conditional", 1),
+    (None, "seed", 2**64), (None, "seed", -1),
+])
+def test_lax_coercions_are_refused(section, key, value):
+    """#13 item 4: `train.epochs: true` no longer runs 1 epoch, `hflip: "yes"` is not True, seeds fit the generators."""
+    extra = {section: {key: value}} if section else {key: value}
+    with pytest.raises(ConfigError) as err:
+        validate(merged(repo_params(), extra))
+    assert (f"{section}.{key}" if section else key) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_yaml_lists_and_integer_floats_still_load():
+    cfg = validate(merged(repo_params(), {"optim": {"lr": 1}, "data": {"embedded": {"class_fractions": [0.5, 0.25, 0.25]}}}))
+    assert cfg.optim.lr == 1.0 and cfg.data.embedded.class_fractions == (0.5, 0.25, 0.25)

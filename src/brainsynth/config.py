@@ -30,7 +30,9 @@ _reads: set[str] | None = None  # key paths read while recording (record_reads)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML's `true` is not an epoch count and "yes" is not a boolean (lax coercion would
+    # run 1 epoch, or flip a switch, without a word); floats still accept ints.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     # "train." for the train section, "" for the whole config; set by validate(). None: a section
     # not read from params.yaml (e.g. the model settings stored in a model file), never recorded.
     _path: str | None = PrivateAttr(default=None)
@@ -68,7 +70,7 @@ def _assign_paths(section: _Section, prefix: str = "") -> None:
 class EmbeddedDataConfig(_Section):
     n_subjects: int = Field(ge=3)
     slices_per_subject: int = Field(ge=1, le=200)
-    class_fractions: tuple[float, float, float]
+    class_fractions: tuple[float, float, float] = Field(strict=False)  # a YAML list
     field_of_view_mm: float = Field(gt=50, le=400)
     min_area_fraction: float = Field(gt=0.0, lt=1.0)
     elastic_mm: float = Field(ge=0.0, le=15.0)
@@ -90,7 +92,7 @@ class VolumeConfig(_Section):
 
     slice_axis: Literal[0, 1, 2]
     min_area_fraction: float = Field(gt=0.0, le=1.0)
-    intensity_percentiles: tuple[float, float]
+    intensity_percentiles: tuple[float, float] = Field(strict=False)  # a YAML list
     slices_per_volume: int = Field(ge=0)
 
     @field_validator("intensity_percentiles")
@@ -268,7 +270,7 @@ class MlflowConfig(_Section):
 
 
 class Config(_Section):
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, le=2**32 - 1)  # what numpy's legacy and torch's generators all accept
     data: DataConfig
     model: ModelConfig
     loss: LossConfig
