@@ -77,6 +77,11 @@ def test_registered_pyfunc_generates_per_class(model_file, tmp_path, monkeypatch
     assert np.array_equal(images, SynthModel.load(model_file).sample(np.full(4, 2), 3))
     with pytest.raises(Exception, match="not one of"):
         loaded.predict({"n": 1, "class": "severe", "seed": 0})
+    assert loaded.predict({"n": 0, "class": 1}).shape == (0, 16, 16)  # an empty batch, not an error
+    with pytest.raises(Exception, match="'n' = -1 is outside"):
+        loaded.predict({"n": -1})
+    inputs = [spec.name for spec in loaded.metadata.get_input_schema().inputs]
+    assert inputs == ["n", "class", "seed"]  # MLflow documents the request
     # the generate command takes the registry URI too
     assert generate_main(["--model", "models:/brainsynth-test/1", "--out", str(tmp_path / "from_registry"), "--n-per-class", "2"]) == 0
     assert len(list((tmp_path / "from_registry").rglob("*.png"))) == 6

@@ -260,7 +260,7 @@ class SwdConfig(_Section):
 
 class GenerateConfig(_Section):
     enabled: bool
-    n_per_class: int = Field(ge=1)
+    n_per_class: int = Field(ge=1, le=10_000)  # serving.DEFAULT_MAX_IMAGES
     nifti: bool
 
 

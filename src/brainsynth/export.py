@@ -122,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nifti", action="store_true", help="also write one NIfTI stack per class")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
-    if args.n_per_class < 1:
-        parser.error(f"--n-per-class must be at least 1 (got {args.n_per_class})")
+    from brainsynth.serving import MAX_SEED, max_images
+
+    if not 1 <= args.n_per_class <= max_images():
+        parser.error(f"--n-per-class must be 1..{max_images()} (got {args.n_per_class}; the cap is BRAINSYNTH_MAX_IMAGES)")
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"--seed must be 0..{MAX_SEED} (got {args.seed})")
     try:
         check_out_dir(Path(args.out), args.force)  # before loading anything
         model_file = resolve_model_file(args.model)

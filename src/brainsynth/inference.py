@@ -55,7 +55,7 @@ def sample_images(decoder: Decoder, labels, seed: int, conditional: bool, device
             images = decoder(z[start : start + batch].to(device), _labels(labels, start, start + batch, conditional, device))
         out.append(to_uint8(images).cpu())
     if not out:
-        return np.zeros((0, 0, 0), np.uint8)
+        return np.zeros((0, decoder.image_size, decoder.image_size), np.uint8)
     return torch.cat(out).squeeze(1).numpy()
 
 

@@ -283,6 +283,7 @@ class Decoder(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(_groups(chans[-1]), chans[-1]), nn.SiLU(), nn.Conv2d(chans[-1], 1, 3, padding=1))
         self.first_channels = chans[0]
         self.latent_dim = cfg.latent_dim
+        self.image_size = image_size
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         embedding = None

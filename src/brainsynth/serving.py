@@ -1,5 +1,7 @@
 """The trained generator as an MLflow pyfunc model: ``predict({"n": 8, "class": 1, "seed": 0})``
-returns ``n`` uint8 images (n, S, S) of that class (index or name).
+returns ``n`` uint8 images (n, S, S) of that class (index or name). ``n`` is capped (``max_images``:
+10 000, or ``BRAINSYNTH_MAX_IMAGES``); every field is checked with an error naming the key; the
+logged model carries a signature and an input example.
 
 The package source travels with the model (``code_paths``), so ``mlflow.pyfunc.load_model`` works
 in any environment with the listed requirements, without this repository or its stage scripts.
@@ -17,19 +19,58 @@ import numpy as np
 PYFUNC_NAME = "generator"
 
 
+DEFAULT_MAX_IMAGES = 10_000  # per request / per class: ~40 MB at 64², ~650 MB at 256²
+MAX_SEED = 2**32 - 1  # the seed range params.yaml accepts
+
+
+def max_images() -> int:
+    """The cap on images per request (served model) and per class (``brainsynth-generate``):
+    ``BRAINSYNTH_MAX_IMAGES`` in the environment, else 10 000. A request for 10⁷ images would
+    otherwise take tens of GB before failing."""
+    import os
+
+    value = os.environ.get("BRAINSYNTH_MAX_IMAGES", "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_IMAGES
+
+
+def _integer(key: str, value, low: int, high: int) -> int:
+    """An exact integer in [low, high]; bools, fractions, strings and None are refused by name."""
+    import numbers
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and float(value).is_integer():
+            value = int(value)  # 4.0 from a DataFrame column that also held a NaN
+        else:
+            raise ValueError(f"request key {key!r} must be an integer, got {value!r}")
+    value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"request key {key!r} = {value} is outside {low}..{high}")
+    return value
+
+
 def parse_request(model_input: Any) -> dict:
-    """A dict, a one-row pandas DataFrame or a list of one dict → {"n", "class", "seed"}."""
+    """A dict, a one-row pandas DataFrame or a list of one dict → {"n", "class", "seed"}, every
+    field checked (one-line ValueError naming the key). ``n`` defaults to 1, ``class`` to 0,
+    ``seed`` to 0; ``n`` may be 0 (an empty batch)."""
     if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):  # pandas DataFrame
         rows = model_input.to_dict(orient="records")
-        model_input = rows[0] if rows else {}
-    if isinstance(model_input, list) and model_input and isinstance(model_input[0], dict):
+        if len(rows) > 1:
+            raise ValueError(f"one request per call: got {len(rows)} rows (send them one at a time, or one row with a larger n)")
+        model_input = {k: v for k, v in rows[0].items() if not (isinstance(v, float) and np.isnan(v))} if rows else {}
+    if isinstance(model_input, list):
+        if len(model_input) != 1 or not isinstance(model_input[0], dict):
+            raise ValueError(f"expected one request {{'n': int, 'class': int | str, 'seed': int}}, got a list of {len(model_input)}")
         model_input = model_input[0]
     if not isinstance(model_input, dict):
         raise ValueError(f"expected {{'n': int, 'class': int | str, 'seed': int}}, got {type(model_input).__name__}")
     unknown = set(model_input) - {"n", "class", "seed"}
     if unknown:
         raise ValueError(f"unknown request keys {sorted(unknown)}; expected n, class, seed")
-    return {"n": int(model_input.get("n", 1)), "class": model_input.get("class", 0), "seed": int(model_input.get("seed", 0))}
+    label = model_input.get("class", 0)
+    if not isinstance(label, str):
+        label = _integer("class", label, 0, 10**6)
+    return {"n": _integer("n", model_input.get("n", 1), 0, max_images()), "class": label,
+            "seed": _integer("seed", model_input.get("seed", 0), 0, MAX_SEED)}
 
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
@@ -68,10 +109,23 @@ def log_generator(model_file: Path, registered_name: str = "") -> str:
     package = Path(__file__).resolve().parent
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}",
                     "pydantic>=2.6", "pyyaml>=6.0"]
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema, TensorSpec
+
+    from brainsynth.checkpoint import load_model_file
+
+    size = load_model_file(model_file).image_size
+    # The request, documented by MLflow itself (UI, `mlflow models` tools): class is a name or an index.
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("long", "n", required=False), ColSpec(AnyType(), "class", required=False), ColSpec("long", "seed", required=False)]),
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size))]),
+    )
     info = mlflow.pyfunc.log_model(
         name=PYFUNC_NAME,
         python_model=GeneratorModel(),
         artifacts={"model": str(model_file)},
+        signature=signature,
+        input_example={"n": 4, "class": 0, "seed": 0},
         code_paths=[str(package)],
         pip_requirements=requirements,
         registered_model_name=registered_name or None,
