@@ -195,14 +195,10 @@ def test_invalid_params_fail_fast_with_the_key(pipeline):
     assert "train.epochs" in result.stderr and "'two'" in result.stderr
 
 
-def test_killed_training_resumes_in_the_same_mlflow_run(pipeline, monkeypatch):
-    work, _ = pipeline
-    monkeypatch.chdir(work)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(work))
+def _kill_training_in_second_epoch(monkeypatch):
+    """Make the next training raise KeyboardInterrupt (what Ctrl-C and SIGTERM become) in its second
+    epoch; returns the original ``Trainer.train_epoch`` to restore."""
     from brainsynth.engine import Trainer
-    from brainsynth.pipeline import train
-    from brainsynth.pipeline.stage import run_stage
 
     original = Trainer.train_epoch
     finished = []
@@ -214,6 +210,19 @@ def test_killed_training_resumes_in_the_same_mlflow_run(pipeline, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "train_epoch", killed_in_second_epoch)
+    return original
+
+
+def test_killed_training_resumes_in_the_same_mlflow_run(pipeline, monkeypatch):
+    work, _ = pipeline
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(work))
+    from brainsynth.engine import Trainer
+    from brainsynth.pipeline import train
+    from brainsynth.pipeline.stage import run_stage
+
+    original = _kill_training_in_second_epoch(monkeypatch)
     with pytest.raises(SystemExit) as exit_info:
         run_stage("train", train.run)
     assert exit_info.value.code == 130
@@ -242,16 +251,7 @@ def test_a_killed_run_whose_checkpoint_is_discarded_is_closed_as_killed(pipeline
     from brainsynth.pipeline import train
     from brainsynth.pipeline.stage import run_stage
 
-    original = Trainer.train_epoch
-    finished = []
-
-    def killed_in_second_epoch(self, *args, **kwargs):
-        if finished:
-            raise KeyboardInterrupt
-        finished.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_epoch", killed_in_second_epoch)
+    original = _kill_training_in_second_epoch(monkeypatch)
     with pytest.raises(SystemExit):
         run_stage("train", train.run)
     client, runs = _runs(work)

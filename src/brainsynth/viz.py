@@ -11,6 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def labelled_grid(rows: list[np.ndarray], row_labels: list[str], path: Path, title: str = "", col_labels: list[str] | None = None) -> Path:
     """One row of images per entry of ``rows`` (each (n_i, S, S)), labelled on the left."""
     n_cols = max((len(r) for r in rows), default=1)
@@ -30,11 +38,7 @@ def labelled_grid(rows: list[np.ndarray], row_labels: list[str], path: Path, tit
                 ax.set_title(col_labels[c], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def class_grid(sample, class_names: list[str], per_class: int, seed: int, path: Path, title: str = "") -> Path:
@@ -76,11 +80,7 @@ def training_curves(history: list[dict[str, float]], val_history: list[dict], pa
     right.set_xlabel("epoch")
     right.set_title("validation (lower is better)")
     right.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def utility_bars(summary: dict[str, float], chance: float, path: Path, title: str = "") -> Path:
@@ -100,11 +100,7 @@ def utility_bars(summary: dict[str, float], chance: float, path: Path, title: st
     ax.set_ylabel("balanced accuracy on real test slices")
     ax.legend(fontsize=7, loc="upper right")
     ax.set_title(title or "downstream utility", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def morphometry_figure(real: dict[str, np.ndarray], generated: dict[str, np.ndarray], reference: dict[str, np.ndarray], path: Path,
@@ -124,8 +120,4 @@ def morphometry_figure(real: dict[str, np.ndarray], generated: dict[str, np.ndar
     axes[0][0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
