@@ -25,6 +25,7 @@ from brainsynth import metrics as M
 from brainsynth.config import load
 from brainsynth.data import prepared
 from brainsynth.data.embedded import build_cohort
+from brainsynth.device import resolve_device
 from brainsynth.data.splits import split_by_subject, subsample_train_subjects
 from brainsynth.downstream import class_scores, penultimate_features, train_classifier
 from brainsynth.engine import Trainer
@@ -62,7 +63,7 @@ def main() -> None:
     epochs = args.epochs or cfg.train.epochs
     splits, names = load_split(cfg)
     (tx, ty), (sx, sy) = splits["train"], splits["test"]
-    device = torch.device("cpu")
+    device = resolve_device(cfg.train.device)  # CUDA when there is one (train.device: auto)
     reference = train_classifier(tx, ty, len(names), cfg.evaluate.utility_epochs, cfg.seed, device)
     real_features = penultimate_features(reference, sx)
     rr = M.precision_recall(penultimate_features(reference, tx[: len(sx)]), real_features)
