@@ -25,8 +25,8 @@ from brainsynth import metrics as M
 from brainsynth.config import load
 from brainsynth.data import prepared
 from brainsynth.data.embedded import build_cohort
-from brainsynth.device import resolve_device
 from brainsynth.data.splits import split_by_subject, subsample_train_subjects
+from brainsynth.device import resolve_device
 from brainsynth.downstream import class_scores, penultimate_features, train_classifier
 from brainsynth.engine import Trainer
 from brainsynth.inference import predict_classes
