@@ -157,3 +157,15 @@ def test_class_fidelity_objective_rewards_samples_of_the_right_class():
     gap = wrong["val_objective"] - right["val_objective"]
     assert gap == pytest.approx(cfg.tune.class_weight * (right["val_sample_class_balanced_accuracy"] - wrong["val_sample_class_balanced_accuracy"]),
                                 abs=abs(wrong["val_swd"] - right["val_swd"]) + 1e-6)
+
+
+def test_a_small_cohort_still_gets_a_trained_classifier():
+    """Regression: with a few dozen updates BatchNorm statistics had not settled and every
+    classifier of a scarce cohort (data.train_fraction 0.1) predicted one class (balanced accuracy
+    exactly 1/K), which made TRTR, TSTR and augment_gain meaningless there."""
+    rng = np.random.default_rng(0)
+    train_y, test_y = rng.integers(0, 2, 48), rng.integers(0, 2, 64)  # one batch per epoch
+    faithful = lambda labels, seed: _blobs(np.asarray(labels), np.random.default_rng(seed))  # noqa: E731
+    out = utility(_blobs(train_y, rng), train_y, faithful, _blobs(test_y, rng), test_y, n_classes=2, epochs=2, seeds=[0],
+                  synthetic_per_real=0.0, device=torch.device("cpu")).summary()
+    assert out["trtr_balanced_accuracy_mean"] > 0.9 and out["tstr_balanced_accuracy_mean"] > 0.9

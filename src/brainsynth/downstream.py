@@ -6,10 +6,11 @@ A slice classifier is trained, for each of several seeds, on
 * ``trtr``: real training slices only,
 * ``tstr``: synthetic slices only (the real training set's class mix and count),
 * ``augmented``: real + synthetic slices (``synthetic_per_real`` × as many, spread evenly over the
-  classes, which is how a data-poor study would use them: to fill its rare classes), trained for
-  the same number of updates as ``trtr`` so that a gain comes from the data, not from longer training,
+  classes, which is how a data-poor study would use them: to fill its rare classes),
 
-and each is tested on the real test split. Scores are **balanced accuracy** (mean per-class recall)
+all trained for the same number of updates (``epochs`` passes over the real slices, at least
+``MIN_CLASSIFIER_STEPS``), so that a gain comes from the data, not from longer training, and each
+is tested on the real test split. Scores are **balanced accuracy** (mean per-class recall)
 and macro-F1, because plain accuracy rewards a majority-class guesser on imbalanced cohorts.
 ``augment_gain`` is augmented − trtr balanced accuracy per seed (mean and std), ``tstr_ratio`` is
 tstr / trtr (means).
@@ -36,6 +37,10 @@ from brainsynth.inference import predict_classes, to_unit, unit_batches
 from brainsynth.nets import SliceClassifier
 
 KINDS = ("trtr", "tstr", "augmented")
+# Fewest updates a downstream classifier gets, whatever the cohort size: with a few dozen updates
+# BatchNorm's running statistics have not settled and the classifier predicts one class in
+# evaluation mode (balanced accuracy exactly 1/K at data.train_fraction 0.1 before this floor).
+MIN_CLASSIFIER_STEPS = 200
 
 
 def train_classifier(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, epochs: int, seed: int, device: torch.device,
@@ -145,7 +150,7 @@ def utility(real_x: np.ndarray, real_y: np.ndarray, sample: Callable[[np.ndarray
     ``synthetic_per_real`` = 0 the augmented classifier is skipped.
     """
     result = UtilityResult()
-    real_steps = epochs * ((len(real_x) + 63) // 64)  # train_classifier's batch of 64
+    real_steps = max(epochs * ((len(real_x) + 63) // 64), MIN_CLASSIFIER_STEPS)  # train_classifier's batch of 64
     for index, seed in enumerate(seeds):
         synthetic_x = sample(real_y, seed + 1000)
         sets = {"trtr": (real_x, real_y), "tstr": (synthetic_x, real_y)}
