@@ -35,8 +35,9 @@ from brainsynth.paths import PREPARED_DIR
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_split(cfg):
-    if cfg.data.source == "embedded" and any(k.startswith("data.") for k in cfg_overrides):
+def load_split(cfg, rebuild: bool):
+    """Splits of the cohort: rebuilt in memory when data params were overridden, else data/prepared."""
+    if cfg.data.source == "embedded" and rebuild:
         cohort = build_cohort(cfg.data.embedded, cfg.data.image_size, cfg.seed)
         splits = split_by_subject(cohort.subjects, cohort.labels, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
         splits = subsample_train_subjects(cohort.subjects, cohort.labels, splits, cfg.data.train_fraction, cfg.seed)
@@ -48,7 +49,6 @@ def load_split(cfg):
 
 
 def main() -> None:
-    global cfg_overrides
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=0, help="0 = train.epochs")
     parser.add_argument("--eval-every", type=int, default=5)
@@ -61,7 +61,7 @@ def main() -> None:
     cfg_overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = load(REPO / "params.yaml").with_overrides(cfg_overrides, source="--set")
     epochs = args.epochs or cfg.train.epochs
-    splits, names = load_split(cfg)
+    splits, names = load_split(cfg, rebuild=any(k.startswith("data.") for k in cfg_overrides))
     (tx, ty), (sx, sy) = splits["train"], splits["test"]
     device = resolve_device(cfg.train.device)  # CUDA when there is one (train.device: auto)
     reference = train_classifier(tx, ty, len(names), cfg.evaluate.utility_epochs, cfg.seed, device)
