@@ -370,3 +370,66 @@ def test_the_kept_model_is_the_one_model_file(pipeline, monkeypatch, keep):
     assert all(torch.equal(stored.decoder[k], decoders[kept][k]) for k in decoders[kept])
     assert json.loads((work / "metrics" / "train.json").read_text())["kept_epoch"] == kept
     assert not list((work / "models" / "train").glob("best*"))
+
+
+def _train_runs(work: Path) -> list:
+    _, runs = _runs(work)
+    return [r for r in runs if r.data.tags.get("stage") == "train"]
+
+
+def test_two_process_training_writes_one_run_and_resumes_after_a_kill(pipeline):
+    """#14: train.nproc_per_node = 2 under `dvc repro` (gloo on CPU): one MLflow run with per-epoch
+    metrics and a loadable model; SIGKILL of the whole job mid-training, then every rank resumes
+    from the same checkpoint in the same MLflow run."""
+    import signal
+    import time
+
+    import psutil
+
+    from brainsynth.checkpoint import load_model_file
+
+    work, _ = pipeline
+    params_path = work / "params.yaml"
+    committed = params_path.read_text()
+    params = yaml.safe_load(committed)
+    params["train"]["nproc_per_node"] = 2
+    try:
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        before = {r.info.run_id for r in _train_runs(work)}
+        repro = _run(["dvc", "repro", "train"], work)
+        assert "Running stage 'train'" in repro.stdout
+        new = [r for r in _train_runs(work) if r.info.run_id not in before]
+        assert len(new) == 1 and new[0].info.status == "FINISHED"  # rank 0 alone logs
+        client, _ = _runs(work)
+        assert sorted(m.step for m in client.get_metric_history(new[0].info.run_id, "train_rec")) == [1, 2]
+        assert load_model_file(work / "models" / "train" / "model.pt").decoder
+        assert "2 processes × 2" in (work / "logs" / "train.log").read_text()
+        assert (work / "logs" / "train.rank1.log").is_file()
+
+        # kill and resume: 4 epochs; SIGKILL the launcher and both ranks once the first checkpoint exists
+        params["train"]["epochs"] = 4
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        checkpoint = work / "checkpoints" / "train" / "last.pt"
+        before = {r.info.run_id for r in _train_runs(work)}
+        job = subprocess.Popen([str(BIN / "python"), "stages/train.py"], cwd=work, env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while not checkpoint.is_file() and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # torchrun starts its workers in sessions of their own: kill the launcher and every descendant
+        # (a lost node or the OOM killer, not a Ctrl-C, which torchrun forwards)
+        launcher = psutil.Process(job.pid)
+        for process in [launcher, *launcher.children(recursive=True)]:
+            process.send_signal(signal.SIGKILL)
+        job.wait()
+        assert checkpoint.is_file(), "the job ended before its first checkpoint"
+        _run([str(BIN / "python"), "stages/train.py"], work)
+        new = [r for r in _train_runs(work) if r.info.run_id not in before]
+        assert len(new) == 1 and new[0].info.status == "FINISHED" and new[0].data.tags.get("resumed") == "true"
+        steps = [m.step for m in client.get_metric_history(new[0].info.run_id, "train_rec")]
+        assert sorted(set(steps)) == [1, 2, 3, 4]
+        for log_name in ("train.log", "train.rank1.log"):
+            assert "resuming from" in (work / "logs" / log_name).read_text(), log_name
+        assert not checkpoint.exists()
+    finally:
+        params_path.write_text(committed)

@@ -200,6 +200,14 @@ class TrainConfig(_Section):
     log_every: int = Field(ge=1)
     n_sample_images: int = Field(ge=1, le=256)
     keep: Literal["best", "last"]
+    nproc_per_node: int = Field(1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _batch_shared_evenly(self) -> "TrainConfig":
+        if self.batch_size % self.nproc_per_node:
+            raise ValueError(f"train.batch_size {self.batch_size} is the global batch and must be divisible by "
+                             f"train.nproc_per_node {self.nproc_per_node}")
+        return self
 
 
 class SearchDimension(_Section):
@@ -316,7 +324,8 @@ class Config(_Section):
 
 # Params that do not shape what tuning finds: how many trials/workers/where, and what happens after.
 NOT_TUNING_INPUTS = ("tune.n_trials", "tune.n_workers", "tune.storage", "tune.min_improvement", "mlflow.", "evaluate.", "generate.",
-                     "train.sample_every", "train.log_every", "train.n_sample_images", "train.keep")
+                     "train.sample_every", "train.log_every", "train.n_sample_images", "train.keep",
+                     "train.nproc_per_node")
 
 
 def tuning_inputs(cfg: Config) -> dict[str, Any]:

@@ -14,6 +14,11 @@ Adam, optional channels_last and torch.compile of encoder/decoder).
 Speed: the prepared uint8 images live on the training device and batches are gathered by index
 there (no DataLoader); losses stay device tensors until a log point, so the hot loop never waits
 for the host.
+
+Data-parallel (``train.nproc_per_node`` > 1, see ``brainsynth.distributed``): each rank takes its
+slice of every global batch of ``train.batch_size`` images from one seeded permutation, and its
+gradients are averaged across ranks after each backward, before each optimiser step. Minibatch
+statistics (the critic's minibatch-stddev groups) stay within each rank's sets.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from brainsynth import losses
 from brainsynth.config import Config
 from brainsynth.device import resolve_device
+from brainsynth.distributed import World, average_gradients, broadcast_module, mean_over_ranks
 from brainsynth.errors import DivergenceError
 from brainsynth.inference import autocast, predict_classes, reconstruct_images, sample_images, to_unit
 from brainsynth.nets import VAEGAN
@@ -88,10 +94,13 @@ class Trainer:
     """Owns model, optimisers, data-on-device and RNG.
 
     ``images``: (N, S, S) uint8, ``labels``: (N,) int; ``n_classes`` from the prepared data.
+    ``world``: this process's place in a data-parallel job (every rank gets the same arguments).
     """
 
-    def __init__(self, cfg: Config, images: np.ndarray, labels: np.ndarray, n_classes: int, device: torch.device | None = None):
+    def __init__(self, cfg: Config, images: np.ndarray, labels: np.ndarray, n_classes: int, device: torch.device | None = None,
+                 world: World = World()):
         self.cfg = cfg
+        self.world = world
         self.device = device or resolve_device(cfg.train.device)
         self.cuda = self.device.type == "cuda"
         torch.manual_seed(cfg.seed)
@@ -103,6 +112,7 @@ class Trainer:
         self.model = model_for(cfg, self.image_size, n_classes).to(self.device)
         self.memory_format = torch.channels_last if self.cuda and cfg.train.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
+        broadcast_module(self.model, world)
         if cfg.train.compile and self.cuda:
             # In place, sharing parameters and state-dict keys. The critic stays eager: the gradient
             # penalty needs double backward, which AOTAutograd does not support.
@@ -110,7 +120,13 @@ class Trainer:
             self.model.decoder.compile()
         self.images = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(self.device)
         self.labels = torch.from_numpy(labels.astype(np.int64)).to(self.device)
+        # The global batch: train.batch_size images over all ranks together, so results do not
+        # change with the number of processes; each rank holds local_batch of them.
         self.batch_size = min(cfg.train.batch_size, len(images))
+        self.batch_size -= self.batch_size % world.size
+        if self.batch_size == 0:
+            raise ValueError(f"{len(images)} training images cannot be shared by {world.size} processes")
+        self.local_batch = self.batch_size // world.size
         self.steps_per_epoch = len(images) // self.batch_size
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.autocast = autocast(self.device, cfg.train.bf16)
@@ -127,6 +143,18 @@ class Trainer:
         self.step = 0  # finished generator steps
         self.critic_updates = 0  # finished critic updates (loss.gp_every counts these)
         self.history: list[dict[str, float]] = []
+        self._seed_noise()
+
+    def _seed_noise(self) -> None:
+        """Every rank starts from the same seed (identical initial weights); after that each one
+        needs its own noise (reparameterisation, instance noise, flips, prior labels). Rank 0
+        keeps the single-process stream, so one process trains exactly as before."""
+        if self.world.rank > 0:
+            torch.manual_seed(self.cfg.seed + 1_000_003 * self.world.rank + self.epoch)
+
+    def _step(self, optimizer: torch.optim.Optimizer, parameters) -> None:
+        average_gradients(parameters, self.world)
+        optimizer.step()
 
     # ------------------------------------------------------------------ schedule
     def progress(self, index: int) -> float:
@@ -186,7 +214,7 @@ class Trainer:
         loss = F.cross_entropy(logits.float(), y)
         self.opt_c.zero_grad(set_to_none=True)
         loss.backward()
-        self.opt_c.step()
+        self._step(self.opt_c, self.model.classifier.parameters())
         return {"cls_real": loss}
 
     def critic_phase(self, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, fake_labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -215,7 +243,7 @@ class Trainer:
             out["gp"] = gp
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
-        self.opt_d.step()
+        self._step(self.opt_d, self.model.critic.parameters())
         self.critic_updates += 1
         return out
 
@@ -252,6 +280,7 @@ class Trainer:
             model.classifier.requires_grad_(True)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(model.generator_parameters(), self.world)
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.generator_parameters(), self.cfg.optim.grad_clip)
         self.opt_g.step()
@@ -287,15 +316,19 @@ class Trainer:
         window of ``train.log_every`` steps, and of the shorter last window of the epoch."""
         self.model.train()
         start = time.perf_counter()
-        order = torch.randperm(len(self.images), generator=self.shuffle).to(self.device)
+        order = torch.randperm(len(self.images), generator=self.shuffle).to(self.device)  # the same on every rank
         epoch_losses, window = LossMeter(), LossMeter()
+        shard = self.world.rank * self.local_batch
         for index in range(self.steps_per_epoch):
-            x, y = self.batch(order[index * self.batch_size : (index + 1) * self.batch_size])
+            first = index * self.batch_size + shard
+            x, y = self.batch(order[first : first + self.local_batch])
             step_losses = self.train_step(x, y, self.progress(index))
             epoch_losses.merge(step_losses)
             window.merge(step_losses)
-            if on_log is not None and (self.step % self.cfg.train.log_every == 0 or index == self.steps_per_epoch - 1):
-                on_log(self.step, self._checked(window))
+            if self.step % self.cfg.train.log_every == 0 or index == self.steps_per_epoch - 1:
+                means = self._checked(window)  # on every rank: averaging over ranks is a collective
+                if on_log is not None:
+                    on_log(self.step, means)
                 window = LossMeter()
         stats = self._checked(epoch_losses)
         self.epoch += 1
@@ -304,7 +337,11 @@ class Trainer:
         return EpochStats(self.epoch, stats, seconds, self.steps_per_epoch * self.batch_size / seconds)
 
     def _checked(self, meter: LossMeter) -> dict[str, float]:
+        """The meter's means, averaged over ranks (so every rank raises on a divergence together)."""
         means = meter.means()
+        if self.world.distributed:
+            averaged = mean_over_ranks(torch.tensor(list(means.values()), device=self.device), self.world).tolist()
+            means = dict(zip(means, averaged))
         bad = {k: v for k, v in means.items() if not math.isfinite(v)}
         if bad:
             raise DivergenceError(
@@ -359,3 +396,4 @@ class Trainer:
         self.shuffle.set_state(state["rng_shuffle"])
         if self.cuda and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self._seed_noise()  # the checkpoint holds rank 0's streams

@@ -35,15 +35,18 @@ def generator_adversarial(fake: torch.Tensor) -> torch.Tensor:
     return -fake.mean()
 
 
-def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None, eps: float = 1e-12) -> torch.Tensor:
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None, eps: float = 1e-12,
+                     alpha: torch.Tensor | None = None) -> torch.Tensor:
     """WGAN-GP: E[(‖∇D(x̂)‖₂ − 1)²] at random interpolates x̂ of real and fake (scalar).
 
     Always computed in float32 with autocast disabled: under reduced precision the double
-    backward overflows easily. ``eps`` keeps the norm's gradient finite at zero.
+    backward overflows easily. ``eps`` keeps the norm's gradient finite at zero. ``alpha``
+    (B, 1, 1, 1): the interpolation weights, drawn uniformly when not given.
     """
     device_type = real.device.type
     with torch.autocast(device_type=device_type, enabled=False):
-        alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+        if alpha is None:
+            alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
         mixed = (alpha * real.float() + (1.0 - alpha) * fake.detach().float()).requires_grad_(True)
         scores = critic(mixed, labels)
         (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)

@@ -36,14 +36,20 @@ log = logging.getLogger("brainsynth")
 USER_ERRORS = (ConfigError, DataError, CheckpointError, DivergenceError, StageError)
 
 
-def setup_logging(stage: str) -> Path:
+def setup_logging(stage: str, rank: int = 0) -> Path:
+    """``logs/<stage>.log`` and the terminal. In a data-parallel job, the other ranks write
+    ``logs/<stage>.rank<N>.log`` and show only warnings and errors, so the terminal is not N-fold."""
     LOG_DIR.mkdir(exist_ok=True)
-    path = LOG_DIR / f"{stage}.log"
+    path = LOG_DIR / (f"{stage}.log" if rank == 0 else f"{stage}.rank{rank}.log")
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    for handler in (logging.FileHandler(path, mode="w"), logging.StreamHandler(sys.stderr)):
+    prefix = f"[rank {rank}] " if rank else ""
+    fmt = logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    terminal = logging.StreamHandler(sys.stderr)
+    if rank:
+        terminal.setLevel(logging.WARNING)
+    for handler in (logging.FileHandler(path, mode="w"), terminal):
         handler.setFormatter(fmt)
         root.addHandler(handler)
     for noisy in NOISY_LOGGERS:
@@ -76,15 +82,21 @@ def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], cfg: C
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-    record_dir = os.environ.get(RECORD_PARAMS_ENV)
+    # Under torchrun (which sets RANK) only rank 0 logs to MLflow and records what it read; every
+    # rank runs the body. Read here rather than through brainsynth.distributed, which would make
+    # every stage's code depend on the training-only module.
+    rank = int(os.environ.get("RANK", "0"))
+    main = rank == 0
+    record_dir = os.environ.get(RECORD_PARAMS_ENV) if main else None
     reads = config_module.record_reads() if record_dir else None
-    log_path = setup_logging(stage)
+    log_path = setup_logging(stage, rank)
     stage_log = logging.getLogger(f"brainsynth.{stage}")
     # `kill` (SIGTERM, also what schedulers send) ends a stage like Ctrl-C does: the MLflow run is
     # marked KILLED and training keeps its last checkpoint, instead of a run left RUNNING forever.
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        tracking.setup(cfg)
+        if main:
+            tracking.setup(cfg)
         body(cfg, stage_log)
         if reads is not None:
             Path(record_dir).mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,11 @@ id) is written atomically to ``checkpoints/train/last.pt`` — outside DVC's out
 deletes before re-running a stage. Re-running the stage after a kill continues from there, in the
 same MLflow run, provided the config and data are unchanged (a fingerprint decides); on success the
 resume checkpoint is removed.
+
+Data-parallel (``train.nproc_per_node`` > 1, or the stage started by ``torchrun`` on several
+nodes): every rank builds the same trainer, resumes from the same checkpoint and trains its shard
+of each batch; rank 0 alone validates, logs to MLflow, writes checkpoints and the model, and
+registers it. The ranks meet at a barrier before they leave.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from brainsynth import tracking
+from brainsynth import distributed, tracking
 from brainsynth.checkpoint import CheckpointError, load_model_file, load_safe, restore_training_state, save_model_file, save_training_state
 from brainsynth.config import Config, ConfigError, load_overrides, tuning_inputs
 from brainsynth.data import prepared
+from brainsynth.device import resolve_device
 from brainsynth.engine import Trainer
 from brainsynth.files import atomic_dir, write_json_atomic
 from brainsynth.objective import class_judge, validation_metrics
@@ -103,9 +109,11 @@ def run(cfg: Config, log: logging.Logger) -> None:
     data = prepared.load(PREPARED_DIR)
     train_images, train_labels = data.split("train")
     val_images, val_labels = data.split("val")
-    trainer = Trainer(cfg, train_images, train_labels, len(data.class_names))
-    judge = class_judge(cfg, train_images, train_labels, len(data.class_names), trainer.device)
-    log.info("training on %s: %d images, %d steps/epoch, batch %d", trainer.device, len(train_images), trainer.steps_per_epoch, trainer.batch_size)
+    world = distributed.world_from_env()
+    rank_device = distributed.init(world, cuda=resolve_device(cfg.train.device).type == "cuda")
+    trainer = Trainer(cfg, train_images, train_labels, len(data.class_names), rank_device, world)
+    log.info("training on %s: %d images, %d steps/epoch, batch %d%s", trainer.device, len(train_images), trainer.steps_per_epoch,
+             trainer.batch_size, f" ({world.size} processes × {trainer.local_batch})" if world.distributed else "")
 
     print_fp = fingerprint(cfg)
     resume_run_id = None
@@ -125,8 +133,17 @@ def run(cfg: Config, log: logging.Logger) -> None:
             log.info("resuming from %s at epoch %d (mlflow run %s)", RESUME_CHECKPOINT, trainer.epoch, resume_run_id)
         elif state is not None:
             log.info("resume checkpoint %s belongs to another config or data: starting fresh", RESUME_CHECKPOINT)
-            close_abandoned_run(state.get("mlflow_run_id"), log)
+            if world.is_main:
+                close_abandoned_run(state.get("mlflow_run_id"), log)
 
+    if not world.is_main:
+        for _ in range(trainer.epoch, cfg.train.epochs):
+            stats = trainer.train_epoch()
+            log.info("epoch %d/%d %.1fs", stats.epoch, cfg.train.epochs, stats.seconds)
+        distributed.shutdown(world)
+        return
+
+    judge = class_judge(cfg, train_images, train_labels, len(data.class_names), trainer.device)
     if resume_run_id is None:
         BEST_CHECKPOINT.unlink(missing_ok=True)  # a best model of an earlier, different run
     tuned_params = {f"tuned.{k}": v for k, v in tuned.items()}
@@ -181,6 +198,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
         RESUME_CHECKPOINT.unlink(missing_ok=True)
         BEST_CHECKPOINT.unlink(missing_ok=True)
         log.info("model (epoch %d, train.keep = %s) written to %s", kept_epoch, cfg.train.keep, MODEL_FILE)
+    distributed.shutdown(world)
 
 
 def keep_model(trainer: Trainer, cfg: Config, best: dict, log: logging.Logger) -> int:

@@ -1,0 +1,50 @@
+"""Data-parallel training under torchrun: 2 CPU processes with gloo (tests/distributed_worker.py)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _launch(case: str, out: Path, nproc: int) -> dict[int, dict]:
+    """Run the worker ``case`` under torchrun with ``nproc`` processes (1: a plain process, no
+    process group) and return each rank's results."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    worker = [str(TESTS / "distributed_worker.py"), case, str(out)]
+    if nproc == 1:
+        cmd = [sys.executable, *worker]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *worker]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {rank: torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(nproc)}
+
+
+def test_two_ranks_with_half_batches_give_the_gradients_of_one_process_with_the_whole_batch(tmp_path):
+    single = _launch("gradients", tmp_path / "one", 1)[0]
+    ranks = _launch("gradients", tmp_path / "two", 2)
+    for name in ("critic_step", "penalty_only", "generator_step"):
+        reference = single[name]
+        assert reference.abs().max() > 0, name
+        scale = max(1.0, reference.abs().max().item())  # float32 sums in another order: ~1e-6 of the largest gradient
+        for rank, result in ranks.items():
+            difference = (result[name] - reference).abs().max().item()
+            assert difference <= 2e-6 * scale, f"{name}, rank {rank}: {difference:.2e} (largest gradient {scale:.2f})"
+
+
+def test_two_ranks_hold_identical_weights_after_training(tmp_path):
+    ranks = _launch("training", tmp_path, 2)
+    first, second = ranks[0], ranks[1]
+    assert first["local_batch"] == 4 and first["steps"] == 2 * (48 // 8)  # the global batch of 8, shared
+    for key, value in first["state"].items():
+        assert torch.equal(value, second["state"][key]), key
+    moved = [k for k, v in first["state"].items() if v.is_floating_point() and not torch.equal(v, first["initial"][k])]
+    assert len(moved) > len(first["state"]) // 2  # it trained
+    assert first["losses"] == second["losses"]  # logged losses are means over both ranks
