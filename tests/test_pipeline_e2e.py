@@ -1,8 +1,6 @@
 """End to end: real `dvc repro` in a temporary copy of the repo, then check the MLflow store."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
+from helpers import copy_repo, pipeline_env, run_in
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -27,48 +27,18 @@ TINY = {
 PARAMS_READ = "params_read"  # where each stage writes the params it read (BRAINSYNTH_RECORD_PARAMS)
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        if isinstance(value, dict):
-            _merge(base.setdefault(key, {}), value)
-        else:
-            base[key] = value
-    return base
-
-
 def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["BRAINSYNTH_RECORD_PARAMS"] = PARAMS_READ
-    env.setdefault("GIT_AUTHOR_NAME", "e2e")
-    env.setdefault("GIT_AUTHOR_EMAIL", "e2e@example.com")
-    env.setdefault("GIT_COMMITTER_NAME", "e2e")
-    env.setdefault("GIT_COMMITTER_EMAIL", "e2e@example.com")
-    return env
+    return pipeline_env({"BRAINSYNTH_RECORD_PARAMS": PARAMS_READ})
 
 
 def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
+    return run_in(cmd, cwd, _env(), check)
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     work = tmp_path_factory.mktemp("repo")
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, work / name)
-    params = _merge(yaml.safe_load((work / "params.yaml").read_text()), TINY)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], work)
-    _run(["git", "add", "-A"], work)
-    _run(["git", "commit", "-qm", "e2e"], work)
+    copy_repo(work, TINY)
     repro = _run(["dvc", "repro"], work)
     return work, repro
 
@@ -297,21 +267,12 @@ def test_changed_raw_folder_reruns_prepare(tmp_path):
     from PIL import Image
 
     work = tmp_path / "repo"
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        if (REPO / name).is_file():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, work / name)
     raw = tmp_path / "Data"
     for cls in ("CN", "AD"):
         for s in range(3):
             (raw / cls).mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.full((20, 20), 50 + s, np.uint8)).save(raw / cls / f"OAS1_{int(cls == 'AD')}{s:03d}_MR1_1.png")
-    params = _merge(yaml.safe_load((work / "params.yaml").read_text()),
-                    {"mlflow": {"experiment": "raw"}, "data": {"source": str(raw), "image_size": 16, "workers": 1}})
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], work)
+    copy_repo(work, {"mlflow": {"experiment": "raw"}, "data": {"source": str(raw), "image_size": 16, "workers": 1}})
     _run(["dvc", "repro", "prepare"], work)
     assert "prepare" not in json.loads(_run(["dvc", "status", "--json", "prepare"], work).stdout)
     Image.fromarray(np.full((20, 20), 99, np.uint8)).save(raw / "AD" / "OAS1_1009_MR1_1.png")

@@ -244,6 +244,7 @@ class TuneConfig(_Section):
     pruner: Literal["median", "hyperband", "none"]
     n_workers: int = Field(ge=1, le=64)
     storage: str
+    heartbeat_seconds: int = Field(60, ge=1, le=3600)
     min_improvement: float = Field(ge=0.0, lt=1.0)
     search_space: dict[str, SearchDimension]
 
@@ -323,7 +324,7 @@ class Config(_Section):
 
 
 # Params that do not shape what tuning finds: how many trials/workers/where, and what happens after.
-NOT_TUNING_INPUTS = ("tune.n_trials", "tune.n_workers", "tune.storage", "tune.min_improvement", "mlflow.", "evaluate.", "generate.",
+NOT_TUNING_INPUTS = ("tune.n_trials", "tune.n_workers", "tune.storage", "tune.heartbeat_seconds", "tune.min_improvement", "mlflow.", "evaluate.", "generate.",
                      "train.sample_every", "train.log_every", "train.n_sample_images", "train.keep",
                      "train.nproc_per_node")
 

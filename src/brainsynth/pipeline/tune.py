@@ -33,6 +33,7 @@ import math
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
 import warnings
@@ -78,17 +79,37 @@ def study_name(cfg: Config) -> str:
 def open_storage(cfg: Config) -> optuna.storages.BaseStorage:
     """``tune.storage``: '' = journal file in models/tune/; an RDB URL; or a path to a journal file."""
     target = cfg.tune.storage
+    if target.startswith("postgresql://"):
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the project ships psycopg2.
+        target = "postgresql+psycopg2://" + target[len("postgresql://"):]
     try:
         if "://" in target:
             # Heartbeats let Optuna fail the trials of a worker that died (on any machine sharing the DB).
+            beat = cfg.tune.heartbeat_seconds
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(target, heartbeat_interval=60, grace_period=180)
+                return optuna.storages.RDBStorage(target, heartbeat_interval=beat, grace_period=3 * beat,
+                                                  failed_trial_callback=close_stale_trial_run)
         path = Path(target) if target else STUDY_JOURNAL
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     except Exception as err:  # bad URL, missing DB driver, unreachable server, unwritable folder
         raise StageError(f"tune.storage {target!r}: cannot open the Optuna storage ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+
+
+def close_stale_trial_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna's heartbeat found ``trial`` abandoned (its worker died, on any machine) and made it
+    FAIL: its MLflow run, left RUNNING by the dead worker, becomes KILLED."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    log.warning("trial %d lost its worker %s: marked FAIL", trial.number, trial.user_attrs.get("worker", "?"))
+    if run_id:
+        try:
+            client = MlflowClient()
+            client.set_tag(run_id, "optuna_state", "FAIL")
+            client.set_tag(run_id, "error", "its worker stopped beating (killed or lost)")
+            client.set_terminated(run_id, "KILLED")
+        except Exception as err:  # the run may live in another tracking store
+            log.warning("could not close the MLflow run %s of trial %d: %s", run_id, trial.number, err)
 
 
 def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
@@ -176,8 +197,10 @@ def trial_data(cfg: Config, data: prepared.PreparedData, quiet: bool = False):
 class Objective:
     """Trains one trial for ``tune.epochs`` epochs, reporting the validation objective each epoch."""
 
-    def __init__(self, cfg: Config, data: prepared.PreparedData, parent_run_id: str, device=None, quiet: bool = False):
+    def __init__(self, cfg: Config, data: prepared.PreparedData, parent_run_id: str, device=None, quiet: bool = False,
+                 worker: str = "main"):
         self.cfg, self.class_names, self.parent_run_id, self.device = cfg, data.class_names, parent_run_id, device
+        self.worker = worker  # who runs the trials (tagged on each, so a study shared by workers and machines can be read)
         self.space = search_space(cfg, quiet)
         self.arrays = trial_data(cfg, data, quiet)
         train_images, train_labels = data.split("train")
@@ -188,8 +211,10 @@ class Objective:
         train_images, train_labels, val_images, val_labels = self.arrays
         overrides = {name: suggest(trial, name, dim) for name, dim in self.space.items()}
         run = mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True, parent_run_id=self.parent_run_id,
-                               tags={"stage": "tune-trial", "optuna_trial": str(trial.number), "optuna_study": trial.study.study_name})
+                               tags={"stage": "tune-trial", "optuna_trial": str(trial.number), "optuna_study": trial.study.study_name,
+                                     "tune_worker": self.worker})
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        trial.set_user_attr("worker", self.worker)
         mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in overrides.items()})
         state, status = "COMPLETE", "FINISHED"
         try:
@@ -267,7 +292,8 @@ def worker_main(raw_cfg: dict, name: str, parent_run_id: str, index: int, tracki
     data = prepared.load(PREPARED_DIR)
     study = optuna.load_study(study_name=name, storage=open_storage(cfg), sampler=make_sampler(cfg, stream + index),
                               pruner=make_pruner(cfg))
-    objective = Objective(cfg, data, parent_run_id, worker_device(cfg, index), quiet=True)
+    objective = Objective(cfg, data, parent_run_id, worker_device(cfg, index), quiet=True,
+                          worker=f"{socket.gethostname()}:{os.getpid()}:{index}")
     try:
         if not study_done(study, cfg.tune.n_trials):
             study.optimize(objective, callbacks=stop_callbacks(cfg.tune.n_trials), catch=(RuntimeError,))
@@ -296,7 +322,17 @@ def run_workers(cfg: Config, name: str, parent_run_id: str, stream: int) -> None
     failed = [(i, w.exitcode) for i, w in enumerate(workers) if w.exitcode != 0]
     if failed:
         i, code = failed[0]
-        raise StageError(f"tune: worker {i} exited with status {code} (log: {LOG_DIR / f'tune_worker{i}.log'})")
+        message = f"tune: worker {i} exited with status {code} (log: {LOG_DIR / f'tune_worker{i}.log'})"
+        study = optuna.load_study(study_name=name, storage=open_storage(cfg))
+        dead = {f"{socket.gethostname()}:{w.pid}:{i}" for i, w in enumerate(workers) if w.exitcode != 0}
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("worker") in dead:  # its worker is gone for sure: no need to wait for the heartbeat
+                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+                close_stale_trial_run(study, trial)
+        if not study_done(study, cfg.tune.n_trials):
+            raise StageError(message)
+        # The others finished the study: a lost worker (OOM killer, preemption) costs its trial only.
+        log.warning("%s; the other workers finished the study", message)
 
 
 # --- the stage -----------------------------------------------------------------------------------

@@ -1,0 +1,214 @@
+"""A real PostgreSQL cluster and a real ``mlflow server`` (no mocks): the pipeline with two tuning
+workers sharing an Optuna study in PostgreSQL, logging through the tracking server, one worker
+killed with SIGKILL in the middle of a trial.
+
+Skipped only when the PostgreSQL server programs are not installed (``.ci/run`` installs them).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from helpers import BIN, copy_repo, pipeline_env
+
+TINY = {
+    "mlflow": {"experiment": "servers"},
+    "data": {"image_size": 32, "embedded": {"n_subjects": 12, "slices_per_subject": 4}},
+    "model": {"latent_dim": 8, "base_channels": 8, "max_channels": 16, "cbam_res": [8], "self_attention_res": [8]},
+    "train": {"epochs": 1, "batch_size": 4, "sample_every": 1, "log_every": 2},
+    "loss": {"adv_start_epoch": 0, "kl_warmup_epochs": 1},
+    "tune": {"n_trials": 5, "epochs": 2, "max_train_images": 0, "eval_images": 8, "n_workers": 2, "heartbeat_seconds": 1,
+             "pruner": "none"},
+    "swd": {"patches_per_image": 16, "directions": 32},
+    "evaluate": {"n_images": 12, "n_pairs": 8, "n_recon_examples": 4, "utility_epochs": 1, "utility_seeds": 1},
+}
+
+
+def _postgres_bin() -> Path | None:
+    """The folder holding initdb and pg_ctl (on PATH or Debian's /usr/lib/postgresql/<version>/bin)."""
+    on_path = shutil.which("initdb")
+    if on_path and shutil.which("pg_ctl"):
+        return Path(on_path).parent
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+PG_BIN = _postgres_bin()
+pytestmark = pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL server programs (initdb, pg_ctl) are not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """initdb refuses to run as root: run the server's programs as the postgres user then."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway cluster on a free loopback port; yields its base URL (user postgres, trust)."""
+    folder = Path(tempfile.mkdtemp(prefix="brainsynth-pg-"))
+    data = folder / "data"
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    port = _free_port()
+    subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"]),
+                   check=True, capture_output=True, timeout=120)
+    options = f"-k {folder} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "start"]),
+                   check=True, capture_output=True, timeout=120)
+    try:
+        import psycopg2
+
+        connection = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE DATABASE optuna")
+            cursor.execute("CREATE DATABASE mlflow")
+        connection.close()
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
+                       capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tracking_server(postgres, tmp_path_factory):
+    """``mlflow server`` on PostgreSQL with proxied artifacts; yields its URL."""
+    artifacts = tmp_path_factory.mktemp("server-artifacts")
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("server-log") / "mlflow-server.log", "w")
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"{postgres}/mlflow", "--artifacts-destination", str(artifacts),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**pipeline_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise RuntimeError(f"mlflow server did not start: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+def _kill_a_worker_mid_trial(study_name: str, storage: str, repro: subprocess.Popen, timeout: float = 300) -> int:
+    """Wait until a trial of the study is RUNNING in a worker, SIGKILL that worker; its trial number."""
+    import optuna
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and repro.poll() is None:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage) if study_name else None
+        except KeyError:
+            study = None
+        if study is None:
+            names = optuna.get_all_study_names(storage) if _has_tables(storage) else []
+            study_name = names[0] if names else None
+        else:
+            for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                worker = trial.user_attrs.get("worker", "")
+                if worker.count(":") == 2 and trial.user_attrs.get("mlflow_run_id"):
+                    os.kill(int(worker.split(":")[1]), signal.SIGKILL)
+                    return trial.number
+        time.sleep(0.1)
+    raise AssertionError("no trial ran in a worker process")
+
+
+def _has_tables(storage: str) -> bool:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(storage)
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
+
+
+def test_pipeline_on_postgresql_and_a_tracking_server_survives_a_killed_worker(postgres, tracking_server, tmp_path):
+    import mlflow
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    storage = f"{postgres}/optuna"
+    work = tmp_path / "repo"
+    work.mkdir()
+    copy_repo(work, {**TINY, "tune": {**TINY["tune"], "storage": storage}})
+    env = pipeline_env({"MLFLOW_TRACKING_URI": tracking_server})
+    repro = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        killed_trial = _kill_a_worker_mid_trial(None, storage, repro)
+        output, _ = repro.communicate(timeout=900)
+    finally:
+        if repro.poll() is None:
+            repro.kill()
+    assert repro.returncode == 0, output[-4000:]
+    assert not (work / "mlflow.db").exists()  # everything went to the server
+
+    # Optuna, through PostgreSQL: the killed worker's trial is FAIL (found by the surviving worker's
+    # heartbeat check) and the study still has tune.n_trials finished trials.
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[killed_trial].state == optuna.trial.TrialState.FAIL
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) >= TINY["tune"]["n_trials"]
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    worker_logs = "".join(p.read_text() for p in (work / "logs").glob("tune_worker*.log"))
+    assert f"trial {killed_trial} lost its worker" in worker_logs  # the heartbeat path, in the surviving worker
+
+    # MLflow, through the server's REST API
+    mlflow.set_tracking_uri(tracking_server)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("servers")
+    runs = client.search_runs([experiment.experiment_id], max_results=500)
+    by_stage: dict[str, list] = {}
+    for run in runs:
+        by_stage.setdefault(run.data.tags.get("stage"), []).append(run)
+    assert {s: len(r) for s, r in by_stage.items() if s != "tune-trial"} == {"prepare": 1, "tune": 1, "train": 1, "evaluate": 1, "generate": 1}
+    parent = by_stage["tune"][0]
+    trial_runs = by_stage["tune-trial"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trial_runs)
+    numbers = [int(r.data.tags["optuna_trial"]) for r in trial_runs]
+    assert sorted(numbers) == sorted(set(numbers)) == [t.number for t in trials]  # one nested run per trial, no duplicates
+    assert len({r.data.tags["tune_worker"] for r in trial_runs}) == 2  # split across both workers
+    killed_run = next(r for r in trial_runs if int(r.data.tags["optuna_trial"]) == killed_trial)
+    assert killed_run.info.status == "KILLED" and killed_run.data.tags["optuna_state"] == "FAIL"
+
+    train_run = by_stage["train"][0]
+    assert train_run.info.artifact_uri.startswith("mlflow-artifacts:")
+    downloaded = Path(client.download_artifacts(train_run.info.run_id, "figures/samples.png", str(tmp_path)))
+    assert downloaded.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    versions = client.search_model_versions("name='brainsynth'")
+    assert len(versions) == 1 and versions[0].run_id == train_run.info.run_id
