@@ -41,7 +41,9 @@ def worker(args) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.size))
     cfg = load(REPO / "params.yaml").with_overrides({"data.image_size": args.size, "train.batch_size": args.batch,
                                                         "loss.adv_start_epoch": 0, "loss.kl_warmup_epochs": 0})
-    cohort = build_cohort(cfg.data.embedded, args.size, cfg.seed)
+    per_subject = cfg.data.embedded.slices_per_subject
+    n_subjects = max(3, -(-args.images // per_subject))  # just enough subjects for --images slices
+    cohort = build_cohort(cfg.with_overrides({"data.embedded.n_subjects": n_subjects}).data.embedded, args.size, cfg.seed)
     images, labels = cohort.images[: args.images], cohort.labels[: args.images]
     trainer = Trainer(cfg, images, labels, 3, device, world)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).to(trainer.device)
