@@ -1,4 +1,5 @@
-# make run   – set up .venv and run the whole DVC pipeline on the embedded cohort
+# make run   – set up .venv and run the whole DVC pipeline on the embedded cohort (~16 min on 2 CPU cores)
+# make run-quick – the whole pipeline on a tiny cohort as a temporary DVC experiment (a minute or two)
 # make test  – set up .venv and run the tests
 # make ui    – serve the MLflow UI on http://127.0.0.1:5000
 # make bench – run the benchmarks (training engine, ingestion, tuning with/without pruning)
@@ -8,7 +9,16 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test ui bench clean
+.PHONY: setup run run-quick test ui bench clean
+
+# run-quick: tiny images, networks and budgets, logged to its own MLflow experiment; the workspace's
+# results are untouched (dvc exp run --temp), the experiment shows in `dvc exp show`.
+QUICK := -S mlflow.experiment=brainsynth-quick -S mlflow.registered_model=brainsynth-quick -S data.image_size=32 \
+	-S data.embedded.n_subjects=12 -S data.embedded.slices_per_subject=4 -S model.latent_dim=8 -S model.base_channels=8 \
+	-S model.max_channels=16 -S model.cbam_res=[8] -S model.self_attention_res=[8] -S train.epochs=2 -S train.batch_size=4 \
+	-S train.sample_every=1 -S tune.n_trials=2 -S tune.epochs=1 -S tune.eval_images=8 -S tune.max_train_images=0 \
+	-S swd.patches_per_image=16 -S swd.directions=32 -S evaluate.n_images=12 -S evaluate.n_pairs=8 \
+	-S evaluate.n_recon_examples=4 -S evaluate.utility_epochs=2 -S evaluate.utility_seeds=2
 
 setup: $(STAMP)
 
@@ -21,18 +31,21 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/dvc repro
 	@echo
-	@echo "Results:"
-	@echo "  metrics:       metrics/*.json   (dvc metrics show)"
-	@echo "  samples:       models/train/samples.png, reports/evaluate/samples_per_class.png"
-	@echo "  model:         models/train/model.pt (also registered in MLflow as 'brainsynth')"
-	@echo "  export:        .venv/bin/brainsynth-generate --n-per-class 100 --out synthetic/"
-	@echo "  MLflow runs:   make ui  (then open http://127.0.0.1:5000)"
-	@$(BIN)/dvc metrics show
+	@$(BIN)/python -m brainsynth.headline
+	@echo
+	@echo "More: dvc metrics show | dvc exp show --only-changed | reports/evaluate/*.png | make ui (MLflow)"
+	@echo "Export: .venv/bin/brainsynth-generate --n-per-class 100 --out synthetic/"
+
+run-quick: setup
+	$(BIN)/dvc exp run --temp $(QUICK)
+	@echo
+	@echo "The quick run is a DVC experiment (dvc exp show) and the MLflow experiment 'brainsynth-quick' (make ui)."
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 ui: setup
+	@$(BIN)/python -m brainsynth.tracking
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000
 
 bench: setup

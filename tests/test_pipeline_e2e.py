@@ -28,7 +28,8 @@ PARAMS_READ = "params_read"  # where each stage writes the params it read (BRAIN
 
 
 def _env() -> dict:
-    return pipeline_env({"BRAINSYNTH_RECORD_PARAMS": PARAMS_READ})
+    # system metrics every second (MLflow's default, 10 s, is longer than these tiny trainings)
+    return pipeline_env({"BRAINSYNTH_RECORD_PARAMS": PARAMS_READ, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
 
 
 def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -90,6 +91,28 @@ def test_four_finished_stage_runs_with_lineage(pipeline):
     assert len(versions) == 1 and versions[0].run_id == stages["train"].info.run_id  # registered by train
     for name in ("memorization.png", "interpolation.png", "utility.png", "morphometry.png", "nearest_real.png"):
         assert name in [Path(a.path).name for a in client.list_artifacts(stages["evaluate"].info.run_id, "figures")]
+
+
+def test_runs_describe_themselves_and_group_by_pipeline(pipeline):
+    """#15: each run's description says what it is and links its upstream run; evaluate's carries
+    the results headline; one pipeline execution shares one pipeline_run tag."""
+    work, _ = pipeline
+    _, runs = _runs(work)
+    stages = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("stage") in ("prepare", "tune", "train", "evaluate")}
+    assert len({r.data.tags["pipeline_run"] for r in stages.values()}) == 1
+    assert stages["prepare"].data.tags["pipeline_run"] == stages["prepare"].info.run_id
+    evaluate = stages["evaluate"].data.tags["mlflow.note.content"]
+    assert "swd" in evaluate and "real-vs-real" in evaluate and "balanced accuracy" in evaluate
+    assert f"/runs/{stages['train'].info.run_id})" in evaluate  # a link to the train run
+    assert f"/runs/{stages['tune'].info.run_id})" in stages["train"].data.tags["mlflow.note.content"]
+    assert all(r.data.tags.get("process") for r in stages.values())
+    lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]["prepare"]["outs"]
+    data_hash = next(o["md5"] for o in lock if o["path"] == "data/prepared")
+    for stage, context in (("train", "training"), ("evaluate", "evaluation")):
+        (used,) = stages[stage].inputs.dataset_inputs
+        assert used.dataset.name == "data/prepared" and used.dataset.digest == data_hash[:36], stage
+        assert used.tags[0].value == context
+    assert any(k.startswith("system/") for k in stages["train"].data.metrics)  # psutil's CPU/memory samples
 
 
 def test_dvc_plots_render_training_curves(pipeline):
@@ -205,6 +228,7 @@ def test_killed_training_resumes_in_the_same_mlflow_run(pipeline, monkeypatch):
     client, runs = _runs(work)
     resumed = [r for r in runs if r.data.tags.get("stage") == "train" and r.data.tags.get("resumed") == "true"]
     assert len(resumed) == 1 and resumed[0].info.status == "FINISHED"
+    assert "error" not in resumed[0].data.tags  # the interruption it recorded is over
     steps = [m.step for m in client.get_metric_history(resumed[0].info.run_id, "train_rec")]
     assert sorted(steps) == [1, 2]  # epoch 1 from the killed process, epoch 2 after resuming
 

@@ -325,8 +325,10 @@ class Trainer:
             step_losses = self.train_step(x, y, self.progress(index))
             epoch_losses.merge(step_losses)
             window.merge(step_losses)
-            if self.step % self.cfg.train.log_every == 0 or index == self.steps_per_epoch - 1:
-                means = self._checked(window)  # on every rank: averaging over ranks is a collective
+            # Every rank takes part (averaging over ranks is a collective), even those that do not log.
+            logging = on_log is not None or self.world.distributed
+            if logging and (self.step % self.cfg.train.log_every == 0 or index == self.steps_per_epoch - 1):
+                means = self._checked(window)
                 if on_log is not None:
                     on_log(self.step, means)
                 window = LossMeter()

@@ -9,6 +9,8 @@ in any environment with the listed requirements, without this repository or its 
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,19 +75,31 @@ def parse_request(model_input: Any) -> dict:
             "seed": _integer("seed", model_input.get("seed", 0), 0, MAX_SEED)}
 
 
-class GeneratorModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context) -> None:
-        import torch
+# MLflow warns (in raw ANSI colours, at class definition) that ``predict`` lacks type hints. The
+# hints it wants (``list[dict[str, Any]]``) would make MLflow refuse the plain-dict request this
+# model documents in its signature, so the warning is dropped here, where it cannot be acted on.
+# A filter would not do: MLflow resets the filters around the check (``simplefilter("once")``).
+def _drop_type_hint_advice(message, *args, _show=warnings.showwarning, **kwargs):
+    if "type hints to the `predict` method" not in str(message):
+        _show(message, *args, **kwargs)
 
-        from brainsynth.inference import SynthModel
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = SynthModel.load(context.artifacts["model"], device)
+with warnings.catch_warnings():
+    warnings.showwarning = _drop_type_hint_advice
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
-        request = parse_request(model_input)
-        label = class_index(request["class"], self.model.class_names)
-        return self.model.sample(np.full(request["n"], label), request["seed"])
+    class GeneratorModel(mlflow.pyfunc.PythonModel):
+        def load_context(self, context) -> None:
+            import torch
+
+            from brainsynth.inference import SynthModel
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.model = SynthModel.load(context.artifacts["model"], device)
+
+        def predict(self, context, model_input, params=None) -> np.ndarray:
+            request = parse_request(model_input)
+            label = class_index(request["class"], self.model.class_names)
+            return self.model.sample(np.full(request["n"], label), request["seed"])
 
 
 def class_index(value, class_names: list[str]) -> int:
@@ -120,7 +134,20 @@ def log_generator(model_file: Path, registered_name: str = "") -> str:
         inputs=Schema([ColSpec("long", "n", required=False), ColSpec(AnyType(), "class", required=False), ColSpec("long", "seed", required=False)]),
         outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size))]),
     )
-    info = mlflow.pyfunc.log_model(
+    # MLflow logs a CloudPickle caution for every python_model object; the object here is a
+    # stateless class from this package (code_paths), so the caution is noise to the user.
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        info = _log_model(model_file, signature, requirements, package, registered_name)
+    finally:
+        pyfunc_log.setLevel(level)
+    return info.model_uri
+
+
+def _log_model(model_file: Path, signature, requirements: list[str], package: Path, registered_name: str):
+    return mlflow.pyfunc.log_model(
         name=PYFUNC_NAME,
         python_model=GeneratorModel(),
         artifacts={"model": str(model_file)},
@@ -130,4 +157,3 @@ def log_generator(model_file: Path, registered_name: str = "") -> str:
         pip_requirements=requirements,
         registered_model_name=registered_name or None,
     )
-    return info.model_uri

@@ -10,6 +10,7 @@ repository, and the store is anchored there instead.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -42,6 +43,8 @@ def tracking_uri() -> str:
 
 def setup(cfg: Config) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns its id."""
+    # Download bars (one per artifact fetched while registering a model) flood the stage logs.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(tracking_uri())
     client = MlflowClient()
     name = cfg.mlflow.experiment
@@ -86,6 +89,98 @@ def stage_tags(stage: str, upstream: dict[str, str] | None = None) -> dict[str, 
     return tags
 
 
+STAGE_DESCRIPTIONS = {
+    "prepare": "Ingests `data.source` into `data/prepared` (subject-wise train/val/test split).",
+    "tune": "Optuna study over `tune.search_space`; one nested run per trial.",
+    "train": "Final training with the tuned values laid over params.yaml; registers the kept model.",
+    "evaluate": "Realism, anatomy, diversity, memorisation and downstream utility of the trained model on the test split.",
+    "generate": "Exports synthetic slices from the trained model.",
+}
+
+PROCESS_TAG = "process"  # host:pid of the stage process (orphan detection)
+PIPELINE_RUN_TAG = "pipeline_run"
+
+
+def process_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def describe(stage: str, upstream: dict[str, str] | None = None, body: str = "") -> str:
+    """A run's markdown description: what the stage does, its own headline (``body``), and a
+    link to the upstream run (relative: the MLflow UI resolves it in the same experiment)."""
+    parts = [STAGE_DESCRIPTIONS.get(stage, stage)]
+    if body:
+        parts.append(body)
+    upstream_id = (upstream or {}).get("upstream_run_id")
+    if upstream_id and _experiment_id:
+        parts.append(f"Upstream: [{upstream.get('upstream_stage', 'run')} run {upstream_id[:8]}]"
+                     f"(#/experiments/{_experiment_id}/runs/{upstream_id})")
+    return "\n\n".join(parts)
+
+
+def pipeline_run(upstream: dict[str, str] | None) -> str:
+    """The ``pipeline_run`` tag: inherited from the upstream run, so every run made from one
+    prepare run (one pipeline execution and the reruns downstream of it) shares a value the UI's
+    "Group by" gathers; "" for a run without upstream (prepare: its own id, set once started)."""
+    upstream_id = (upstream or {}).get("upstream_run_id")
+    if not upstream_id:
+        return ""
+    try:
+        return MlflowClient().get_run(upstream_id).data.tags.get(PIPELINE_RUN_TAG, "") or upstream_id
+    except Exception:
+        return upstream_id
+
+
+def close_orphaned_runs(stage: str, keep: str | None = None) -> list[str]:
+    """Runs of ``stage`` left RUNNING by a process of this machine that no longer exists (SIGKILL,
+    power loss) are marked KILLED; runs of live processes (parallel queued experiments) and of
+    other machines are left alone. ``keep``: a run about to be resumed. Returns the closed ids."""
+    import psutil
+
+    if _experiment_id is None:
+        return []
+    client = MlflowClient()
+    closed = []
+    host = socket.gethostname()
+    for run in client.search_runs([_experiment_id], filter_string=f"tags.stage = '{stage}' and attributes.status = 'RUNNING'",
+                                  max_results=100):
+        owner = run.data.tags.get(PROCESS_TAG, "")
+        owner_host, _, pid = owner.rpartition(":")
+        if run.info.run_id == keep or owner_host != host or not pid.isdigit() or psutil.pid_exists(int(pid)):
+            continue
+        client.set_tag(run.info.run_id, "error", f"orphaned: its process {owner} ended without closing it")
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
+    return closed
+
+
+def prepared_data_hash(folder: Path) -> str:
+    """The DVC hash of the prepared data as ``dvc.lock`` records it (under ``dvc repro`` prepare's
+    entry is written before the stages that read it run), else this package's own digest of the
+    folder (a direct ``python stages/…`` before any ``dvc repro``)."""
+    lock = repo_root() / "dvc.lock"
+    if lock.is_file():
+        import yaml
+
+        try:
+            stages = yaml.safe_load(lock.read_text()).get("stages", {})
+            for out in stages.get("prepare", {}).get("outs", []):
+                if out.get("path") == folder.as_posix() and out.get("md5"):
+                    return out["md5"]
+        except (OSError, AttributeError, yaml.YAMLError):
+            pass
+    return digest(folder)
+
+
+def log_dataset(images, labels, folder: Path, context: str) -> None:
+    """The data a run used, in the run's Datasets column: name, DVC hash as digest, shape."""
+    import mlflow.data
+
+    dataset = mlflow.data.from_numpy(images, targets=labels, source=str(repo_root() / folder), name=folder.as_posix(),
+                                     digest=prepared_data_hash(folder)[:36])
+    mlflow.log_input(dataset, context=context)
+
+
 def run_name(stage: str) -> str:
     exp = os.environ.get("DVC_EXP_NAME")
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -124,3 +219,17 @@ def find_producer(stage: str, output_digest: str) -> str:
         filter_string=f"tags.stage = '{stage}' and tags.{OUTPUT_DIGEST_TAG} = '{output_digest}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else ""
+
+
+def runs_view_url(host: str = "127.0.0.1", port: int = 5000, experiment: str = "brainsynth") -> str:
+    """The MLflow UI's runs table of ``experiment`` (MLflow 3 opens on a GenAI overview otherwise)."""
+    mlflow.set_tracking_uri(tracking_uri())
+    found = MlflowClient().get_experiment_by_name(experiment)
+    base = f"http://{host}:{port}"
+    return f"{base}/#/experiments/{found.experiment_id}?workflowType=machine_learning" if found else base
+
+
+if __name__ == "__main__":  # `make ui` prints where to look
+    from brainsynth.config import load
+
+    print(f"MLflow UI, the runs of this project: {runs_view_url(experiment=load('params.yaml').mlflow.experiment)}")

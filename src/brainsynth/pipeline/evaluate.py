@@ -33,12 +33,13 @@ from dataclasses import dataclass
 import mlflow
 import numpy as np
 
-from brainsynth import metrics as M
+from brainsynth import metrics as M, tracking
 from brainsynth.config import Config
 from brainsynth.data import prepared
 from brainsynth.device import resolve_device
 from brainsynth.downstream import KINDS, class_scores, penultimate_features, per_class_recall, utility
 from brainsynth.files import atomic_dir
+from brainsynth.headline import headline
 from brainsynth.inference import SynthModel, predict_classes
 from brainsynth.paths import EVALUATE_DIR, MODEL_FILE, PREPARED_DIR
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
@@ -47,8 +48,10 @@ from brainsynth.viz import class_grid, labelled_grid, morphometry_figure, utilit
 
 def run(cfg: Config, log: logging.Logger) -> None:
     started = time.perf_counter()
-    with mlflow_run("evaluate", cfg, upstream_tags("train", MODEL_FILE)):
+    upstream = upstream_tags("train", MODEL_FILE)
+    with mlflow_run("evaluate", cfg, upstream):
         data = prepared.load(PREPARED_DIR)
+        tracking.log_dataset(*data.split("test"), PREPARED_DIR, "evaluation")
         model = SynthModel.load(MODEL_FILE, resolve_device(cfg.train.device), cfg.train.bf16)
         ev = cfg.evaluate
         rng = np.random.default_rng(cfg.seed)
@@ -82,7 +85,6 @@ def run(cfg: Config, log: logging.Logger) -> None:
         results.update({k: v for k, v in audit.items() if not k.startswith("_")})
         notes = {}
         utility_summary = None
-        reference = None
         if len(data.class_names) > 1 and ev.utility_epochs > 0:
             utility_summary, reference = utility_metrics(cfg, model, train_images, train_labels, test_images, test_labels, len(data.class_names), rng, log)
             results.update(utility_summary)
@@ -129,6 +131,9 @@ def run(cfg: Config, log: logging.Logger) -> None:
             labelled_grid(strips, data.class_names, staging / "interpolation.png", title="latent interpolation (spherical, between two random z)")
         write_metrics("evaluate", results)
         mlflow.log_metrics(results)
+        summary = headline(results)
+        mlflow.set_tag("mlflow.note.content", tracking.describe("evaluate", upstream, "\n".join(f"- {line.strip()}" for line in summary)))
+        log.info("results:\n  %s", "\n  ".join(summary))
         mlflow.set_tags({f"note_{k}": v for k, v in notes.items()})
         for key, note in notes.items():
             log.info("%s: %s", key, note)

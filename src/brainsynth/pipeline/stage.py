@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import mlflow
+from mlflow.tracking import MlflowClient
 
 from brainsynth import config as config_module
 from brainsynth import tracking
@@ -136,17 +137,27 @@ def _close_active_runs(status: str, message: str, log_path: Path) -> None:
 
 @contextmanager
 def mlflow_run(stage: str, cfg: Config, upstream: dict[str, str] | None = None, resume_run_id: str | None = None,
-               extra_params: dict | None = None):
+               extra_params: dict | None = None, system_metrics: bool = False):
     """One MLflow run for this stage execution: tags, flat params, the stage log as artifact.
 
     ``resume_run_id`` reopens an earlier (interrupted) run so its metric history continues.
+    ``system_metrics``: MLflow samples CPU, memory (and GPU) use into ``system/*`` metrics.
     Failures propagate to ``run_stage``, which marks the run FAILED.
     """
+    closed = tracking.close_orphaned_runs(stage, keep=resume_run_id)
+    if closed:
+        logging.getLogger(f"brainsynth.{stage}").info("marked %d orphaned %s run(s) KILLED: %s", len(closed), stage, ", ".join(closed))
     if resume_run_id:
-        run = mlflow.start_run(run_id=resume_run_id)
-        mlflow.set_tag("resumed", "true")
+        run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics)
+        mlflow.set_tags({"resumed": "true", tracking.PROCESS_TAG: tracking.process_id(),
+                         **{k: v for k, v in tracking.stage_tags(stage).items() if k == "dvc_exp_name"}})
+        if "error" in run.data.tags:  # the interruption it recorded is over
+            MlflowClient().delete_tag(run.info.run_id, "error")
     else:
-        run = mlflow.start_run(run_name=tracking.run_name(stage), tags=tracking.stage_tags(stage, upstream))
+        tags = {**tracking.stage_tags(stage, upstream), tracking.PROCESS_TAG: tracking.process_id(),
+                "mlflow.note.content": tracking.describe(stage, upstream)}
+        run = mlflow.start_run(run_name=tracking.run_name(stage), tags=tags, log_system_metrics=system_metrics)
+        mlflow.set_tag(tracking.PIPELINE_RUN_TAG, tracking.pipeline_run(upstream) or run.info.run_id)
         tracking.log_params_flat({**cfg.flat(), **(extra_params or {})})
     yield run
     logging.getLogger(f"brainsynth.{stage}").info("mlflow run %s finished", run.info.run_id)

@@ -147,8 +147,11 @@ def run(cfg: Config, log: logging.Logger) -> None:
     if resume_run_id is None:
         BEST_CHECKPOINT.unlink(missing_ok=True)  # a best model of an earlier, different run
     tuned_params = {f"tuned.{k}": v for k, v in tuned.items()}
-    with mlflow_run("train", cfg, upstream_tags("tune", BEST_PARAMS), resume_run_id=resume_run_id, extra_params=tuned_params) as run_info:
+    with mlflow_run("train", cfg, upstream_tags("tune", BEST_PARAMS), resume_run_id=resume_run_id, extra_params=tuned_params,
+                    system_metrics=True) as run_info:
         run_id = run_info.info.run_id
+        if resume_run_id is None:
+            tracking.log_dataset(train_images, train_labels, PREPARED_DIR, "training")
         started = time.perf_counter()
         staging_figures = Path("logs/train_samples")
         for _ in range(trainer.epoch, cfg.train.epochs):
