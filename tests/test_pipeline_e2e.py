@@ -156,6 +156,28 @@ def test_second_repro_is_a_noop_and_params_touch_only_their_stage(pipeline):
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def test_an_evaluate_knob_that_does_not_touch_utility_reuses_its_classifiers(pipeline):
+    """#15: evaluate.n_pairs reruns evaluate, but the downstream classifiers (most of its time) come
+    from the cache keyed by model, data and utility settings, with the same results."""
+    work, _ = pipeline
+    before = json.loads((work / "metrics" / "evaluate.json").read_text())
+    params_path = work / "params.yaml"
+    committed = params_path.read_text()
+    params = yaml.safe_load(committed)
+    params["evaluate"]["n_pairs"] = 6
+    try:
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        _run(["dvc", "repro", "evaluate"], work)
+        assert "reusing the classifiers" in (work / "logs" / "evaluate.log").read_text()
+        after = json.loads((work / "metrics" / "evaluate.json").read_text())
+        for key in ("trtr_balanced_accuracy_mean", "tstr_balanced_accuracy_mean", "augment_gain_mean", "gan_test_balanced_accuracy",
+                    "feature_fd"):
+            assert after[key] == before[key], key
+    finally:
+        params_path.write_text(committed)
+        _run(["dvc", "repro", "evaluate"], work)  # back to the committed params' outputs (from DVC's run cache)
+
+
 def test_failed_stage_is_one_line_failed_run_and_keeps_outputs(pipeline):
     work, _ = pipeline
     before = (work / "metrics" / "evaluate.json").read_text()

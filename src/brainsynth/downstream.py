@@ -43,6 +43,11 @@ KINDS = ("trtr", "tstr", "augmented")
 MIN_CLASSIFIER_STEPS = 200
 
 
+def new_classifier(n_classes: int) -> SliceClassifier:
+    """The downstream classifier, untrained (also what a cached state dict is loaded into)."""
+    return SliceClassifier(n_classes, width=8, norm="batch", dropout=0.3)
+
+
 def train_classifier(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, epochs: int, seed: int, device: torch.device,
                      batch: int = 64, lr: float = 1e-3, steps: int | None = None) -> SliceClassifier:
     """SliceClassifier trained on (train_x, train_y): uint8 (N, S, S) images, (N,) int labels, for
@@ -50,7 +55,7 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, e
     sizes at an equal optimisation budget)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = SliceClassifier(n_classes, width=8, norm="batch", dropout=0.3).to(device)
+    model = new_classifier(n_classes).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
     total = max(1, steps if steps is not None else epochs * ((len(train_x) + batch - 1) // batch))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3 * lr, total_steps=total)

@@ -23,4 +23,5 @@ RESUME_CHECKPOINT = Path("checkpoints/train/last.pt")  # outside DVC's outputs: 
 BEST_CHECKPOINT = Path("checkpoints/train/best.pt")
 
 EVALUATE_DIR = Path("reports/evaluate")
+UTILITY_CACHE = Path("checkpoints/evaluate")  # utility results per model and data: an evaluate.n_pairs change retrains nothing
 SYNTHETIC_DIR = Path("data/synthetic")

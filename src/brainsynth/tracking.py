@@ -188,8 +188,20 @@ def run_name(stage: str) -> str:
 
 
 def log_params_flat(params: dict) -> None:
-    """Log params with their params.yaml paths; values longer than MLflow's limit are cut."""
-    mlflow.log_params({k: (str(v)[:5000] if v is not None else "null") for k, v in params.items()})
+    """Log params with their params.yaml paths; values longer than MLflow's limit are cut. The
+    search space is one JSON param (``tune.search_space``), not dozens of mostly-null leaves."""
+    import json
+
+    space = {k[len("tune.search_space."):]: v for k, v in params.items() if k.startswith("tune.search_space.")}
+    params = {k: v for k, v in params.items() if not k.startswith("tune.search_space.")}
+    if space:
+        nested: dict = {}
+        for key, value in space.items():
+            name, _, field = key.rpartition(".")
+            if value is not None and value is not False:
+                nested.setdefault(name, {})[field] = value
+        params["tune.search_space"] = json.dumps(nested, sort_keys=True, default=str)
+    mlflow.log_params({k: (str(v)[:6000] if v is not None else "null") for k, v in params.items()})
 
 
 # --- lineage without run ids in DVC outputs ------------------------------------------------------

@@ -26,9 +26,12 @@ Per-class values carry the class name as a suffix.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -37,11 +40,12 @@ from brainsynth import metrics as M, tracking
 from brainsynth.config import Config
 from brainsynth.data import prepared
 from brainsynth.device import resolve_device
-from brainsynth.downstream import KINDS, class_scores, penultimate_features, per_class_recall, utility
-from brainsynth.files import atomic_dir
+from brainsynth.checkpoint import CheckpointError, load_safe, save_atomic
+from brainsynth.downstream import KINDS, class_scores, new_classifier, penultimate_features, per_class_recall, utility
+from brainsynth.files import atomic_dir, digest
 from brainsynth.headline import headline
 from brainsynth.inference import SynthModel, predict_classes
-from brainsynth.paths import EVALUATE_DIR, MODEL_FILE, PREPARED_DIR
+from brainsynth.paths import EVALUATE_DIR, MODEL_FILE, PREPARED_DIR, UTILITY_CACHE
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
 from brainsynth.viz import class_grid, labelled_grid, morphometry_figure, utility_bars
 
@@ -144,14 +148,49 @@ def run(cfg: Config, log: logging.Logger) -> None:
 
 def utility_metrics(cfg: Config, model: SynthModel, train_images, train_labels, test_images, test_labels, n_classes: int,
                     rng: np.random.Generator, log: logging.Logger):
-    """The downstream-utility summary (``downstream.utility``) and the first seed's real-trained classifier."""
+    """The downstream-utility summary (``downstream.utility``) and the first seed's real-trained
+    classifier, from the cache when the same model, data and utility settings were scored before
+    (the classifiers are most of evaluate's time; knobs like ``evaluate.n_pairs`` do not touch them)."""
     ev = cfg.evaluate
     m = min(ev.utility_images or len(train_images), len(train_images))
     pick = np.sort(rng.choice(len(train_images), m, replace=False))
     seeds = [cfg.seed + 100 * i for i in range(ev.utility_seeds)]
+    key = utility_cache_key(cfg, model)
+    cached = UTILITY_CACHE / f"utility-{key}.pt"
+    if cached.is_file():
+        try:
+            stored = load_safe(cached)
+            reference = new_classifier(n_classes)
+            reference.load_state_dict(stored["reference"])
+            log.info("utility: reusing the classifiers scored for this model, data and settings (%s)", cached)
+            return {k: float(v) for k, v in stored["summary"].items()}, reference.to(model.device).eval()
+        except (CheckpointError, KeyError, RuntimeError) as err:
+            log.warning("utility cache %s unusable (%s): retraining", cached, err)
     result = utility(train_images[pick], train_labels[pick], model.sample, test_images, test_labels, n_classes, ev.utility_epochs,
                      seeds, ev.synthetic_per_real, model.device, on_progress=log.info)
-    return result.summary(), result.reference
+    summary = result.summary()
+    save_atomic({"summary": summary, "reference": {k: v.cpu() for k, v in result.reference.state_dict().items()}}, cached)
+    for old in sorted(UTILITY_CACHE.glob("utility-*.pt"), key=lambda p: p.stat().st_mtime)[:-UTILITY_CACHE_ENTRIES]:
+        old.unlink(missing_ok=True)
+    return summary, result.reference
+
+
+UTILITY_CACHE_ENTRIES = 4  # the latest models' results (an A/B of two models keeps both)
+
+
+def utility_cache_key(cfg: Config, model: SynthModel) -> str:
+    """What the utility result depends on: the model file, the prepared data, the utility settings,
+    the seed, the device type and the code that trains and scores the classifiers."""
+    from brainsynth import downstream, inference, nets
+
+    code = [Path(m.__file__) for m in (downstream, inference, nets)]
+    settings = {k: v for k, v in cfg.flat().items() if k in UTILITY_SETTINGS}
+    blob = json.dumps({"model": digest(MODEL_FILE), "data": digest(PREPARED_DIR), "settings": settings, "device": model.device.type,
+                       "bf16": cfg.train.bf16, "code": digest(*code)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+UTILITY_SETTINGS = ("seed", "evaluate.utility_epochs", "evaluate.utility_images", "evaluate.utility_seeds", "evaluate.synthetic_per_real")
 
 
 def feature_metrics(reference, real: np.ndarray, samples: np.ndarray, train_images: np.ndarray, rng: np.random.Generator) -> dict[str, float]:

@@ -59,6 +59,7 @@ from brainsynth.search_space import baseline_params, decoded_params, search_spac
 from brainsynth.viz import class_grid
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MIN_TRIALS_FOR_IMPORTANCES = 8
 # Keys that do not change what a trial computes: changing them continues the same study.
 _TRIAL_CODE = (engine, nets, losses, objective, downstream, metrics, inference, search_space_module)
 
@@ -353,7 +354,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
     with mlflow_run("tune", cfg, upstream, resume_run_id=resume_run_id) as parent:
         chosen_params: dict = {}
         summary = {"n_trials": 0, "n_complete": 0, "n_pruned": 0, "n_failed": 0}
-        trials_this_run, best_value = 0, None
+        trials_this_run, chosen_value = 0, None
         if not enabled:
             log.info("tuning disabled (tune.enabled=%s, n_trials=%d): train uses params.yaml as written", cfg.tune.enabled, cfg.tune.n_trials)
         else:
@@ -369,9 +370,12 @@ def run(cfg: Config, log: logging.Logger) -> None:
                              "train keeps the params.yaml values", best.number, best.value, chosen.number, chosen.value,
                              cfg.tune.min_improvement)
                 chosen_params = decoded_params(chosen.params, cfg)
-                best_value = chosen.value
-                mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
-                mlflow.log_metrics({"best_value": best.value, "chosen_trial": chosen.number, "chosen_value": chosen.value})
+                chosen_value = chosen.value
+                # chosen_*: the trial whose values train uses; best_trial_*: the lowest objective, which
+                # is another trial when it beats params.yaml's by less than tune.min_improvement.
+                mlflow.log_params({f"chosen.{k}": v for k, v in chosen.params.items()})
+                mlflow.log_metrics({"best_trial_value": best.value, "best_trial": best.number, "chosen_trial": chosen.number,
+                                    "chosen_value": chosen.value})
                 log_study_plots(study, log)
             else:
                 log.warning("no trial completed: train uses params.yaml as written")
@@ -379,11 +383,11 @@ def run(cfg: Config, log: logging.Logger) -> None:
         write_json_atomic(TUNED_FOR, tuning_inputs(cfg))
         tracking.tag_outputs(BEST_PARAMS)
         seconds = time.perf_counter() - started
-        metrics_out = {**summary, "trials_this_run": trials_this_run, "best_value": best_value, "seconds": round(seconds, 2)}
+        metrics_out = {**summary, "trials_this_run": trials_this_run, "chosen_value": chosen_value, "seconds": round(seconds, 2)}
         write_metrics("tune", metrics_out)
         mlflow.log_metrics({k: v for k, v in metrics_out.items() if v is not None})
         mlflow.log_artifact(str(BEST_PARAMS))
-        log.info("tune finished in %.1fs: %s; train uses %s (objective %s)", seconds, summary, chosen_params or "params.yaml", best_value)
+        log.info("tune finished in %.1fs: %s; train uses %s (objective %s)", seconds, summary, chosen_params or "params.yaml", chosen_value)
 
 
 def optimise(study: optuna.Study, cfg: Config, data: prepared.PreparedData, parent_run_id: str, log: logging.Logger) -> int:
@@ -442,7 +446,8 @@ def log_study_plots(study: optuna.Study, log: logging.Logger) -> None:
 
     plots = {"optimization_history": ovm.plot_optimization_history, "timeline": ovm.plot_timeline}
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    if len(complete) >= 2 and len(study.best_params) >= 1:
+    # fANOVA importances from a handful of trials are noise presented as a finding
+    if len(complete) >= MIN_TRIALS_FOR_IMPORTANCES and len(study.best_params) >= 1:
         plots["param_importances"] = ovm.plot_param_importances
         plots["parallel_coordinate"] = ovm.plot_parallel_coordinate
     for name, plot in plots.items():
@@ -451,7 +456,7 @@ def log_study_plots(study: optuna.Study, log: logging.Logger) -> None:
                 warnings.simplefilter("ignore")
                 axes = plot(study)
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-            mlflow.log_figure(figure, f"optuna/{name}.png")
+            mlflow.log_figure(figure, f"optuna/{name}.png", save_kwargs={"bbox_inches": "tight"})
             plt.close(figure)
         except Exception as err:  # a plot Optuna cannot draw for this study must not fail the stage
             log.warning("optuna plot %s skipped: %s", name, err)
