@@ -95,7 +95,10 @@ def test_four_finished_stage_runs_with_lineage(pipeline):
 
 def test_runs_describe_themselves_and_group_by_pipeline(pipeline):
     """#15: each run's description says what it is and links its upstream run; evaluate's carries
-    the results headline; one pipeline execution shares one pipeline_run tag."""
+    the results headline; one pipeline execution shares one pipeline_run tag; the registered
+    version describes itself, is the candidate, and (the first one) the champion."""
+    from mlflow.tracking import MlflowClient
+
     work, _ = pipeline
     _, runs = _runs(work)
     stages = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("stage") in ("prepare", "tune", "train", "evaluate")}
@@ -113,6 +116,12 @@ def test_runs_describe_themselves_and_group_by_pipeline(pipeline):
         assert used.dataset.name == "data/prepared" and used.dataset.digest == data_hash[:36], stage
         assert used.tags[0].value == context
     assert any(k.startswith("system/") for k in stages["train"].data.metrics)  # psutil's CPU/memory samples
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("brainsynth", "candidate")
+    assert client.get_model_version_by_alias("brainsynth", "champion").version == version.version  # the first: no champion before
+    assert version.run_id == stages["train"].info.run_id and stages["train"].info.run_id in version.description
+    assert version.tags["data_hash"] == data_hash and "eval.swd" in version.tags
+    assert "new champion" in stages["evaluate"].data.tags["registry"]
 
 
 def test_dvc_plots_render_training_curves(pipeline):

@@ -71,3 +71,35 @@ def test_make_ui_prints_the_runs_view(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("MLflow UI, the runs of this project: http://127.0.0.1:5000")
     assert Path(REPO / "Makefile").read_text().count("python -m brainsynth.tracking") == 1
+
+
+def test_champion_moves_only_when_beaten_on_the_same_data(store):
+    from brainsynth.registry import CHAMPION, promote, version_of_run
+
+    client = MlflowClient()
+    client.create_registered_model("m")
+
+    def register() -> tuple[str, str]:
+        run_id = client.create_run(store).info.run_id
+        return client.create_model_version("m", source="file:///nowhere", run_id=run_id).version, run_id
+
+    def champion() -> str:
+        return client.get_model_version_by_alias("m", CHAMPION).version
+
+    first, _ = register()
+    assert "new champion" in promote("m", first, {"swd": 30.0}, "swd", "data-a") and champion() == first
+    worse, _ = register()
+    assert "does not beat" in promote("m", worse, {"swd": 35.0}, "swd", "data-a") and champion() == first
+    better, _ = register()
+    assert "new champion" in promote("m", better, {"swd": 25.0, "recon_psnr": 22.0}, "swd", "data-a") and champion() == better
+    assert client.get_model_version("m", better).tags["eval.recon_psnr"] == "22"
+    other_data, run_id = register()
+    assert "other data" in promote("m", other_data, {"swd": 10.0}, "swd", "data-b") and champion() == better
+    assert version_of_run("m", run_id) == str(other_data) and version_of_run("m", "no-such-run") is None
+    higher_is_better, _ = register()
+    # the champion was never scored on the newly chosen metric: not comparable, so it stays
+    assert "not compared" in promote("m", higher_is_better, {"tstr_balanced_accuracy_mean": 0.9}, "tstr_balanced_accuracy_mean", "data-a")
+    assert champion() == better
+    client.set_model_version_tag("m", better, "eval.tstr_balanced_accuracy_mean", "0.5")
+    assert "new champion" in promote("m", higher_is_better, {"tstr_balanced_accuracy_mean": 0.9}, "tstr_balanced_accuracy_mean", "data-a")
+    assert champion() == higher_is_better  # higher is better for TSTR

@@ -200,7 +200,7 @@ class TrainConfig(_Section):
     log_every: int = Field(ge=1)
     n_sample_images: int = Field(ge=1, le=256)
     keep: Literal["best", "last"]
-    nproc_per_node: int = Field(1, ge=1, le=64)
+    nproc_per_node: int = Field(ge=1, le=64)
 
     @model_validator(mode="after")
     def _batch_shared_evenly(self) -> "TrainConfig":
@@ -244,7 +244,7 @@ class TuneConfig(_Section):
     pruner: Literal["median", "hyperband", "none"]
     n_workers: int = Field(ge=1, le=64)
     storage: str
-    heartbeat_seconds: int = Field(60, ge=1, le=3600)
+    heartbeat_seconds: int = Field(ge=1, le=3600)
     min_improvement: float = Field(ge=0.0, lt=1.0)
     search_space: dict[str, SearchDimension]
 
@@ -276,6 +276,9 @@ class GenerateConfig(_Section):
 class MlflowConfig(_Section):
     experiment: str = Field(min_length=1)
     registered_model: str
+    # brainsynth.registry.CHAMPION_METRICS (kept here as literals: config must not import MLflow)
+    champion_metric: Literal["swd", "feature_fd", "morph_distance_ratio", "tstr_balanced_accuracy_mean", "augment_gain_mean",
+                             "gan_test_balanced_accuracy", "recon_psnr", "feature_recall"]
 
 
 class Config(_Section):

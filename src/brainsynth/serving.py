@@ -115,9 +115,10 @@ def class_index(value, class_names: list[str]) -> int:
     return index
 
 
-def log_generator(model_file: Path, registered_name: str = "") -> str:
-    """Log ``model_file`` as a pyfunc under the active run (and register it when a name is given).
-    Returns the model URI."""
+def log_generator(model_file: Path, registered_name: str = "", description: str = "", tags: dict[str, str] | None = None) -> str:
+    """Log ``model_file`` as a pyfunc under the active run (and register it when a name is given:
+    the new version gets ``description``, ``tags`` and the alias ``candidate``, see
+    ``brainsynth.registry``). Returns the model URI."""
     import torch
 
     package = Path(__file__).resolve().parent
@@ -143,6 +144,10 @@ def log_generator(model_file: Path, registered_name: str = "") -> str:
         info = _log_model(model_file, signature, requirements, package, registered_name)
     finally:
         pyfunc_log.setLevel(level)
+    if registered_name and info.registered_model_version:
+        from brainsynth.registry import describe_candidate
+
+        describe_candidate(registered_name, str(info.registered_model_version), description, tags or {})
     return info.model_uri
 
 

@@ -135,6 +135,8 @@ def run(cfg: Config, log: logging.Logger) -> None:
             labelled_grid(strips, data.class_names, staging / "interpolation.png", title="latent interpolation (spherical, between two random z)")
         write_metrics("evaluate", results)
         mlflow.log_metrics(results)
+        if cfg.mlflow.registered_model:
+            decide_champion(cfg, upstream.get("upstream_run_id", ""), results, log)
         summary = headline(results)
         mlflow.set_tag("mlflow.note.content", tracking.describe("evaluate", upstream, "\n".join(f"- {line.strip()}" for line in summary)))
         log.info("results:\n  %s", "\n  ".join(summary))
@@ -144,6 +146,21 @@ def run(cfg: Config, log: logging.Logger) -> None:
         for png in sorted(EVALUATE_DIR.glob("*.png")):
             mlflow.log_artifact(str(png), artifact_path="figures")
         log.info("evaluate: %s", ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
+
+
+def decide_champion(cfg: Config, train_run_id: str, results: dict, log: logging.Logger) -> None:
+    """Tag the evaluated model's registry version with its metrics and move ``champion`` when it
+    beats the current one (``brainsynth.registry``)."""
+    from brainsynth import registry
+
+    name = cfg.mlflow.registered_model
+    version = registry.version_of_run(name, train_run_id)
+    if version is None:
+        log.info("registry: no version of %s registered by the evaluated training run: champion unchanged", name)
+        return
+    message = registry.promote(name, version, results, cfg.mlflow.champion_metric, tracking.prepared_data_hash(PREPARED_DIR))
+    mlflow.set_tag("registry", message)
+    log.info("registry: %s", message)
 
 
 def utility_metrics(cfg: Config, model: SynthModel, train_images, train_labels, test_images, test_labels, n_classes: int,

@@ -196,7 +196,13 @@ def run(cfg: Config, log: logging.Logger) -> None:
             mlflow.log_artifact(str(TRAIN_DIR / figure), artifact_path="figures")
         mlflow.log_artifact(str(MODEL_FILE), artifact_path="model")
         if cfg.mlflow.registered_model:
-            uri = log_generator(MODEL_FILE, cfg.mlflow.registered_model)
+            description = (f"Trained by MLflow run {run_id} (train stage): epoch {kept_epoch} of {cfg.train.epochs} kept "
+                           f"(train.keep = {cfg.train.keep}), {len(train_images)} training slices, "
+                           f"{len(data.class_names)} classes ({', '.join(data.class_names)}), {trainer.image_size}² px. "
+                           f"evaluate adds its metrics as eval.* tags.")
+            version_tags = {"data_hash": tracking.prepared_data_hash(PREPARED_DIR), "train_run_id": run_id,
+                            "pipeline_run": mlflow.get_run(run_id).data.tags.get(tracking.PIPELINE_RUN_TAG, "")}
+            uri = log_generator(MODEL_FILE, cfg.mlflow.registered_model, description, version_tags)
             log.info("registered %s as MLflow model %r (pyfunc: predict({'n': 8, 'class': 0, 'seed': 0}))", uri, cfg.mlflow.registered_model)
         RESUME_CHECKPOINT.unlink(missing_ok=True)
         BEST_CHECKPOINT.unlink(missing_ok=True)
