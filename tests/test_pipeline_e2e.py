@@ -134,7 +134,10 @@ def test_metrics_files_and_keys(pipeline):
     work, _ = pipeline
     for stage in ("prepare", "tune", "train", "evaluate"):
         assert (work / "metrics" / f"{stage}.json").is_file()
-    evaluation = json.loads((work / "metrics" / "evaluate.json").read_text())
+    grouped = json.loads((work / "metrics" / "evaluate.json").read_text())
+    assert list(grouped)[:4] == ["realism", "anatomy", "coverage", "utility"]  # quality first in dvc exp show
+    assert "seconds" not in json.dumps(grouped) and "n_images" not in json.dumps(grouped)
+    evaluation = {k: v for group in grouped.values() for k, v in group.items()}
     for key in ("recon_psnr", "recon_ssim", "ms_ssim_samples", "ms_ssim_real", "swd", "nn_ratio", "memorization_rate",
                 "trtr_balanced_accuracy_mean", "trtr_balanced_accuracy_std", "tstr_macro_f1_mean", "augmented_balanced_accuracy_mean",
                 "augment_gain_mean", "augment_gain_std", "tstr_ratio", "gan_test_balanced_accuracy", "recon_class_balanced_accuracy",
@@ -142,9 +145,12 @@ def test_metrics_files_and_keys(pipeline):
                 "morph_distance_ratio"):
         assert isinstance(evaluation[key], float), key
     assert (work / "reports" / "evaluate" / "utility.csv").read_text().splitlines()[0] == "kind,balanced_accuracy,std"
-    assert json.loads((work / "metrics" / "generate.json").read_text())["enabled"] == 0  # export off by default
-    prepare = json.loads((work / "metrics" / "prepare.json").read_text())
-    assert prepare["n_images"] == 48 and prepare["test/n_subjects"] == 3  # one per class
+    assert json.loads((work / "metrics" / "generate.json").read_text()) == {"generate": {"n_images": 0}}  # export off by default
+    prepare = json.loads((work / "metrics" / "prepare.json").read_text())["data"]
+    assert prepare["n_images"] == 48 and prepare["n_subjects"] == 12 and not [k for k in prepare if "/" in k]
+    train = json.loads((work / "metrics" / "train.json").read_text())
+    assert set(train) == {"validation", "model"} and "val_swd" in train["validation"]  # no always-zero losses, no timings
+    assert set(json.loads((work / "metrics" / "tune.json").read_text())["tune"]) == {"chosen_value", "n_complete", "n_pruned", "n_failed"}
     assert (work / "models" / "train" / "model.pt").is_file()
 
 
@@ -169,7 +175,7 @@ def test_an_evaluate_knob_that_does_not_touch_utility_reuses_its_classifiers(pip
     """#15: evaluate.n_pairs reruns evaluate, but the downstream classifiers (most of its time) come
     from the cache keyed by model, data and utility settings, with the same results."""
     work, _ = pipeline
-    before = json.loads((work / "metrics" / "evaluate.json").read_text())
+    before = json.loads((work / "metrics" / "evaluate.json").read_text())["utility"]
     params_path = work / "params.yaml"
     committed = params_path.read_text()
     params = yaml.safe_load(committed)
@@ -178,10 +184,8 @@ def test_an_evaluate_knob_that_does_not_touch_utility_reuses_its_classifiers(pip
         params_path.write_text(yaml.safe_dump(params, sort_keys=False))
         _run(["dvc", "repro", "evaluate"], work)
         assert "reusing the classifiers" in (work / "logs" / "evaluate.log").read_text()
-        after = json.loads((work / "metrics" / "evaluate.json").read_text())
-        for key in ("trtr_balanced_accuracy_mean", "tstr_balanced_accuracy_mean", "augment_gain_mean", "gan_test_balanced_accuracy",
-                    "feature_fd"):
-            assert after[key] == before[key], key
+        after = json.loads((work / "metrics" / "evaluate.json").read_text())["utility"]
+        assert after == before
     finally:
         params_path.write_text(committed)
         _run(["dvc", "repro", "evaluate"], work)  # back to the committed params' outputs (from DVC's run cache)
@@ -333,7 +337,7 @@ def test_changed_raw_folder_reruns_prepare(tmp_path):
     Image.fromarray(np.full((20, 20), 99, np.uint8)).save(raw / "AD" / "OAS1_1009_MR1_1.png")
     assert "prepare" in json.loads(_run(["dvc", "status", "--json", "prepare"], work).stdout)
     _run(["dvc", "repro", "prepare"], work)
-    assert json.loads((work / "metrics" / "prepare.json").read_text())["n_images"] == 7
+    assert json.loads((work / "metrics" / "prepare.json").read_text())["data"]["n_images"] == 7
 
 
 def test_each_stage_reads_only_the_params_dvc_yaml_declares(pipeline):
@@ -384,7 +388,7 @@ def test_the_kept_model_is_the_one_model_file(pipeline, monkeypatch, keep):
     kept = 1 if keep == "best" else 2
     stored = load_model_file(work / "models" / "train" / "model.pt")
     assert all(torch.equal(stored.decoder[k], decoders[kept][k]) for k in decoders[kept])
-    assert json.loads((work / "metrics" / "train.json").read_text())["kept_epoch"] == kept
+    assert json.loads((work / "metrics" / "train.json").read_text())["model"]["kept_epoch"] == kept
     assert not list((work / "models" / "train").glob("best*"))
 
 

@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from brainsynth.data import prepared as prepared_module
 from brainsynth.pipeline import prepare
 from brainsynth.pipeline.stage import run_stage
 from helpers import write_params
@@ -52,9 +53,9 @@ def test_folder_prepare_then_failed_rerun_keeps_outputs(workdir, capsys):
     make_folder(tmp_path / "good", broken=1)
     configure(tmp_path / "good", max_bad_fraction=0.2)
     run_stage("prepare", prepare.run)
-    metrics = json.loads((tmp_path / "metrics" / "prepare.json").read_text())
+    metrics = json.loads((tmp_path / "metrics" / "prepare.json").read_text())["data"]
     assert metrics["files"] == 25 and metrics["skipped_empty_file"] == 1 and metrics["n_images"] == 24
-    assert metrics["n_subjects"] == 8 and metrics["train/n_images"] + metrics["val/n_images"] + metrics["test/n_images"] == 24
+    assert metrics["n_subjects"] == 8 and len(prepared_module.load(tmp_path / "data" / "prepared").splits) == 24
     report = (tmp_path / "data" / "prepared" / "skipped.csv").read_text()
     assert "OAS1_9000_MR1_mpr-1_0.png,empty_file" in report
     before = {p.name: p.read_bytes() for p in (tmp_path / "data" / "prepared").iterdir()}
@@ -107,8 +108,8 @@ def test_train_fraction_drops_training_subjects_only(workdir):
         after = set(scarce.subjects[(scarce.splits == "train") & (scarce.labels == k)])
         assert after < before and len(after) == round(0.25 * len(before))
     assert set(np.unique(scarce.splits)) == {"train", "val", "test"}  # the dropped slices are gone, not relabelled
-    metrics = json.loads((tmp_path / "metrics" / "prepare.json").read_text())
-    assert metrics["train/n_subjects"] == len(set(scarce.subjects[scarce.splits == "train"]))
+    metrics = json.loads((tmp_path / "metrics" / "prepare.json").read_text())["data"]
+    assert metrics["n_subjects"] == len(set(scarce.subjects))  # the dropped training subjects are not counted
 
 
 def test_a_class_too_small_to_split_is_named_in_a_warning(workdir, capsys):

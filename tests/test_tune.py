@@ -93,12 +93,12 @@ def test_killed_study_resumes_to_n_trials_in_the_same_mlflow_run(workdir, monkey
     assert sorted(t.info.status for t in trials) == ["FINISHED", "FINISHED", "FINISHED", "KILLED"]
     best = yaml.safe_load((workdir / "models/tune/best_params.yaml").read_text())  # a nested params file for DVC
     assert set(best) == {"optim", "model"} and set(best["optim"]) == {"lr"} and best["model"]["cbam_res"] in ([], [8])
-    metrics = json.loads((workdir / "metrics/tune.json").read_text())
-    assert metrics["n_complete"] == 3 and metrics["trials_this_run"] == 2
+    metrics = json.loads((workdir / "metrics/tune.json").read_text())["tune"]
+    assert metrics["n_complete"] == 3 and parents[0].data.metrics["trials_this_run"] == 2
 
     # a finished study with unchanged settings runs nothing; a changed search space starts a new study
     run_stage("tune", tune.run)
-    assert json.loads((workdir / "metrics/tune.json").read_text())["trials_this_run"] == 0
+    assert tune_runs(workdir)[0][0].data.metrics["trials_this_run"] == 0
     write_params(workdir / "params.yaml", {"n_trials": 1, "search_space": {"optim.lr": {"type": "float", "low": 2e-4, "high": 5e-4}}})
     run_stage("tune", tune.run)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(workdir / "models/tune/study.journal")))

@@ -49,8 +49,8 @@ def write_text_atomic(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+def write_json_atomic(path: Path, payload: dict, sort_keys: bool = True) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n")
 
 
 @contextmanager

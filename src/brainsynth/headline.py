@@ -1,6 +1,9 @@
-"""The results headline: the key numbers of ``metrics/evaluate.json`` in a few lines, each with its
+"""How evaluate's numbers are presented: grouped in ``metrics/evaluate.json`` (``realism.*``,
+``anatomy.*``, ``coverage.*``, ``utility.*``, ``diversity.*``, ``reconstruction.*``,
+``memorization.*``, in that order, so ``dvc exp show`` and ``dvc metrics diff`` read by theme, the
+quality columns first), and the results headline: the key numbers in a few lines, each with its
 direction (↑ higher is better, ↓ lower) and the reference it must be read against (real-vs-real,
-chance). ``make run`` prints it; evaluate puts it in its MLflow run's description.
+chance). ``make run`` prints the headline; evaluate puts it in its MLflow run's description.
 
     python -m brainsynth.headline [metrics/evaluate.json]
 """
@@ -14,12 +17,48 @@ from pathlib import Path
 from brainsynth.paths import METRICS_DIR
 
 
+# (group, key prefixes), first match wins; the order is the order of the file's groups.
+GROUPS = (
+    ("realism", ("swd", "feature_fd", "fid", "kid")),
+    ("anatomy", ("morph_", "csf_")),
+    ("coverage", ("feature_precision", "feature_recall")),
+    ("utility", ("trtr_", "tstr_", "augmented_", "augment_gain", "gan_test_", "real_class_", "chance_")),
+    ("diversity", ("ms_ssim_",)),
+    ("reconstruction", ("recon_",)),
+    ("memorization", ("memorization_", "nn_")),
+)
+NOT_METRICS = ("n_images", "seconds")  # counts and timings: the log and MLflow only
+
+
+def grouped(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Flat evaluate metrics → {group: {key: value}} (keys unchanged; unknown keys under "other")."""
+    out: dict[str, dict[str, float]] = {name: {} for name, _ in GROUPS}
+    for key in sorted(metrics):
+        if key in NOT_METRICS:
+            continue
+        group = next((name for name, prefixes in GROUPS if key.startswith(prefixes)), "other")
+        out.setdefault(group, {})[key] = metrics[key]
+    return {name: values for name, values in out.items() if values}
+
+
+def flattened(metrics: dict) -> dict[str, float]:
+    """The inverse of ``grouped`` (a flat file passes through)."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
 def _fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
 def headline(m: dict) -> list[str]:
-    """Lines (at most 10) summarising evaluate's metrics; keys that are absent are left out."""
+    """Lines (at most 10) summarising evaluate's metrics (flat or grouped); absent keys are left out."""
+    m = flattened(m)
     lines = []
     if "swd" in m:
         line = f"realism       swd {m['swd']:.2f} ↓ (real-vs-real {m.get('swd_real_baseline', float('nan')):.2f})"

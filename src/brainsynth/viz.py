@@ -63,23 +63,34 @@ def class_rows(images: np.ndarray, labels: np.ndarray, class_names: list[str], p
     return rows, names
 
 
+# Panels of the training-curve figure: the adversarial terms (±10) would flatten the
+# reconstruction and KL terms (≈ 0.1) on one axis.
+CURVE_PANELS = (("reconstruction and KL (epoch means)", ("loss_g", "rec", "kl")),
+                ("adversarial and classifier terms (epoch means)", ("critic", "adv_g", "w_distance", "gp", "cls_g", "cls_real")))
+
+
 def training_curves(history: list[dict[str, float]], val_history: list[dict], path: Path) -> Path:
-    """Per-epoch training losses (left) and validation scores (right) as one figure."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    """Per-epoch training losses on two scales (series that stayed 0, i.e. disabled terms, are left
+    out) and the validation scores, as one figure of three panels."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     epochs = np.arange(1, len(history) + 1)
-    for key in (history[0] if history else {}):
-        values = [row[key] for row in history]
-        if any(v != 0 for v in values):
-            left.plot(epochs, values, label=key)
-    left.set_xlabel("epoch")
-    left.set_title("training losses (epoch means)")
-    left.legend(fontsize=7)
+    for ax, (title, keys) in zip(axes, CURVE_PANELS):
+        for key in keys:
+            values = [row.get(key, 0.0) for row in history]
+            if any(v != 0 for v in values):
+                ax.plot(epochs, values, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=9)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    right = axes[-1]
     for key in ("val_objective", "val_swd", "val_recon_mae"):
         if val_history and key in val_history[0]:
             right.plot([row["epoch"] for row in val_history], [row[key] for row in val_history], marker="o", label=key)
     right.set_xlabel("epoch")
-    right.set_title("validation (lower is better)")
-    right.legend(fontsize=7)
+    right.set_title("validation, every train.sample_every epochs (lower is better)", fontsize=9)
+    if right.lines:
+        right.legend(fontsize=7)
     return _save(fig, path)
 
 

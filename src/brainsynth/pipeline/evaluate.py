@@ -43,7 +43,7 @@ from brainsynth.device import resolve_device
 from brainsynth.checkpoint import CheckpointError, load_safe, save_atomic
 from brainsynth.downstream import KINDS, class_scores, new_classifier, penultimate_features, per_class_recall, utility
 from brainsynth.files import atomic_dir, digest
-from brainsynth.headline import headline
+from brainsynth.headline import grouped, headline
 from brainsynth.inference import SynthModel, predict_classes
 from brainsynth.paths import EVALUATE_DIR, MODEL_FILE, PREPARED_DIR, UTILITY_CACHE
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
@@ -115,7 +115,9 @@ def run(cfg: Config, log: logging.Logger) -> None:
             labelled_grid([real[:m], recon[:m], diff], ["input", "reconstruction", "|difference|"], staging / "reconstructions.png",
                           title=f"test reconstructions: PSNR {results['recon_psnr']:.1f} dB, SSIM {results['recon_ssim']:.3f}")
             rows = [real[:10], samples[:10]]
-            labelled_grid(rows, ["real (test)", "generated"], staging / "real_vs_generated.png", title=f"SWD {results['swd']:.1f}")
+            labelled_grid(rows, ["real (test)", "generated"], staging / "real_vs_generated.png",
+                          title=f"SWD {results['swd']:.1f}" + (f" (real-vs-real {results['swd_real_baseline']:.1f})"
+                                                               if "swd_real_baseline" in results else ""))
             closest = np.argsort(audit["_generated_distances"])[:8]
             train_match = train_images[audit["_nearest_train_index"][closest]]
             train_match = np.where(audit["_nearest_is_mirrored"][closest][:, None, None], train_match[:, :, ::-1], train_match)
@@ -133,7 +135,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
                 write_utility_csv(utility_summary, staging / "utility.csv")
             strips = [model.interpolate(k, cfg.seed + 4, steps=10) for k in range(max(len(data.class_names), 1))]
             labelled_grid(strips, data.class_names, staging / "interpolation.png", title="latent interpolation (spherical, between two random z)")
-        write_metrics("evaluate", results)
+        write_metrics("evaluate", grouped(results))
         mlflow.log_metrics(results)
         if cfg.mlflow.registered_model:
             decide_champion(cfg, upstream.get("upstream_run_id", ""), results, log)

@@ -25,14 +25,14 @@ def run(cfg: Config, log: logging.Logger) -> None:
         if not cfg.generate.enabled:
             with atomic_dir(SYNTHETIC_DIR) as staging:
                 (staging / "manifest.json").write_text(json.dumps({"enabled": False, "files": []}, indent=2) + "\n")
-            write_metrics("generate", {"enabled": 0, "n_images": 0})
+            write_metrics("generate", {"generate": {"n_images": 0}})
             log.info("generate.enabled is false: nothing generated (dvc exp run -S generate.enabled=true to export)")
             return
         model = SynthModel.load(MODEL_FILE, resolve_device(cfg.train.device), cfg.train.bf16)
         manifest = export(model, SYNTHETIC_DIR, cfg.generate.n_per_class, cfg.seed, cfg.generate.nifti, str(MODEL_FILE), digest(MODEL_FILE), force=True)  # a DVC output
         seconds = time.perf_counter() - started
         metrics = {"enabled": 1, "n_images": len(manifest["files"]), "seconds": round(seconds, 2)}
-        write_metrics("generate", metrics)
+        write_metrics("generate", {"generate": {"n_images": metrics["n_images"]}})
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(SYNTHETIC_DIR / "manifest.json"))
         log.info("wrote %d synthetic slices to %s in %.1fs", len(manifest["files"]), SYNTHETIC_DIR, seconds)

@@ -101,7 +101,9 @@ def run(cfg: Config, log: logging.Logger) -> None:
             labelled_grid(rows, names, staging / "preview.png", title=f"prepared cohort ({source}): random slices per class")
         seconds = time.perf_counter() - started
         metrics = {**counts, **file_counts, "seconds": round(seconds, 2)}
-        write_metrics("prepare", metrics)
+        # metrics/prepare.json: what the data is (size, persons, unusable files); per-split counts
+        # and the time go to MLflow and the log
+        write_metrics("prepare", {"data": {k: v for k, v in metrics.items() if "/" not in k and k != "seconds"}})
         mlflow.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()})
         tag_outputs(PREPARED_DIR)
         mlflow.log_artifact(str(PREPARED_DIR / "preview.png"), artifact_path="figures")

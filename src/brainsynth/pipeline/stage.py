@@ -59,8 +59,10 @@ def setup_logging(stage: str, rank: int = 0) -> Path:
 
 
 def write_metrics(stage: str, metrics: dict) -> Path:
+    """``metrics/<stage>.json``: results DVC compares across experiments. Keys keep the order given
+    (groups first-things-first); timings, flags and per-split counts belong in the log and MLflow."""
     path = METRICS_DIR / f"{stage}.json"
-    write_json_atomic(path, metrics)
+    write_json_atomic(path, metrics, sort_keys=False)
     return path
 
 

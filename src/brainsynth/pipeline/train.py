@@ -185,13 +185,11 @@ def run(cfg: Config, log: logging.Logger) -> None:
                                                      "device": str(trainer.device), "tuned_params": tuned, "fingerprint": print_fp})
         tracking.tag_outputs(MODEL_FILE)
         kept_scores = next((row for row in val_history if row["epoch"] == kept_epoch), {})
-        final = trainer.history[-1] if trainer.history else {}
-        metrics = {**{f"final_{k}": v for k, v in final.items()}, **{k: v for k, v in kept_scores.items() if k != "epoch"},
-                   "epochs": trainer.epoch, "kept_epoch": kept_epoch,
-                   "best_val_objective": best["value"] if best["epoch"] else None,
-                   "train_seconds_this_run": round(time.perf_counter() - started, 2)}
-        write_metrics("train", metrics)
-        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None and not k.startswith(("final_", "val_"))})
+        # metrics/train.json: the kept model's validation scores (what DVC compares); losses, epochs
+        # and timings are in MLflow and models/train/history.csv.
+        write_metrics("train", {"validation": {k: v for k, v in kept_scores.items() if k != "epoch"}, "model": {"kept_epoch": kept_epoch}})
+        mlflow.log_metrics({"epochs": trainer.epoch, "kept_epoch": kept_epoch, "train_seconds_this_run": round(time.perf_counter() - started, 2),
+                            **({"best_val_objective": best["value"]} if best["epoch"] else {})})
         for figure in ("samples.png", "training_curves.png"):
             mlflow.log_artifact(str(TRAIN_DIR / figure), artifact_path="figures")
         mlflow.log_artifact(str(MODEL_FILE), artifact_path="model")

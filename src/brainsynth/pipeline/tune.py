@@ -384,7 +384,8 @@ def run(cfg: Config, log: logging.Logger) -> None:
         tracking.tag_outputs(BEST_PARAMS)
         seconds = time.perf_counter() - started
         metrics_out = {**summary, "trials_this_run": trials_this_run, "chosen_value": chosen_value, "seconds": round(seconds, 2)}
-        write_metrics("tune", metrics_out)
+        # metrics/tune.json: the study's outcome; this run's trial count and time go to MLflow only
+        write_metrics("tune", {"tune": {k: metrics_out[k] for k in ("chosen_value", "n_complete", "n_pruned", "n_failed")}})
         mlflow.log_metrics({k: v for k, v in metrics_out.items() if v is not None})
         mlflow.log_artifact(str(BEST_PARAMS))
         log.info("tune finished in %.1fs: %s; train uses %s (objective %s)", seconds, summary, chosen_params or "params.yaml", chosen_value)
