@@ -116,6 +116,8 @@ def test_runs_describe_themselves_and_group_by_pipeline(pipeline):
         assert used.dataset.name == "data/prepared" and used.dataset.digest == data_hash[:36], stage
         assert used.tags[0].value == context
     assert any(k.startswith("system/") for k in stages["train"].data.metrics)  # psutil's CPU/memory samples
+    assert "train_rec" in stages["train"].data.metrics and "train_cls_g" not in stages["train"].data.metrics  # disabled terms
+    assert len(client_images := MlflowClient().list_artifacts(stages["train"].info.run_id, "images")) >= 2, client_images  # per-epoch grids
     client = MlflowClient()
     version = client.get_model_version_by_alias("brainsynth", "candidate")
     assert client.get_model_version_by_alias("brainsynth", "champion").version == version.version  # the first: no champion before

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from brainsynth import losses
 from brainsynth.config import Config
@@ -74,13 +75,22 @@ class LossMeter:
         means = {n: v / self.counts[n] for n, v in zip(names, values)}
         return {n: means.get(n, 0.0) for n in LOSS_NAMES}
 
+    def reported(self) -> set[str]:
+        """The names some update reported (a disabled loss term never is)."""
+        return set(self.counts)
+
 
 @dataclass
 class EpochStats:
     epoch: int  # 1-based number of the finished epoch
-    losses: dict[str, float]
+    losses: dict[str, float]  # every name in LOSS_NAMES (0.0 for terms not computed)
     seconds: float
     images_per_second: float
+    reported: frozenset[str] = frozenset()  # the loss terms this epoch computed
+
+    def computed_losses(self) -> dict[str, float]:
+        """The losses of the terms that were computed (what is worth logging)."""
+        return {k: v for k, v in self.losses.items() if k in self.reported}
 
 
 def model_for(cfg: Config, image_size: int, n_classes: int) -> VAEGAN:
@@ -311,15 +321,20 @@ class Trainer:
         self.step += 1
         return meter
 
-    def train_epoch(self, on_log=None) -> EpochStats:
-        """One pass over the training images. ``on_log(step, means)`` gets the mean losses of every
-        window of ``train.log_every`` steps, and of the shorter last window of the epoch."""
+    def train_epoch(self, on_log=None, progress: str | None = None) -> EpochStats:
+        """One pass over the training images. ``on_log(step, means)`` gets the mean losses of the
+        computed terms over every window of ``train.log_every`` steps, and of the shorter last
+        window of the epoch. ``progress``: a tqdm bar with this description on a terminal (none
+        when stderr is not one: logs and DVC's queue logs stay free of bar frames)."""
         self.model.train()
         start = time.perf_counter()
         order = torch.randperm(len(self.images), generator=self.shuffle).to(self.device)  # the same on every rank
         epoch_losses, window = LossMeter(), LossMeter()
         shard = self.world.rank * self.local_batch
-        for index in range(self.steps_per_epoch):
+        steps = range(self.steps_per_epoch)
+        if progress is not None:
+            steps = tqdm(steps, desc=progress, unit="step", leave=False, disable=None, dynamic_ncols=True)
+        for index in steps:
             first = index * self.batch_size + shard
             x, y = self.batch(order[first : first + self.local_batch])
             step_losses = self.train_step(x, y, self.progress(index))
@@ -330,13 +345,13 @@ class Trainer:
             if logging and (self.step % self.cfg.train.log_every == 0 or index == self.steps_per_epoch - 1):
                 means = self._checked(window)
                 if on_log is not None:
-                    on_log(self.step, means)
+                    on_log(self.step, {k: v for k, v in means.items() if k in window.reported()})
                 window = LossMeter()
         stats = self._checked(epoch_losses)
         self.epoch += 1
         seconds = time.perf_counter() - start
         self.history.append(stats)
-        return EpochStats(self.epoch, stats, seconds, self.steps_per_epoch * self.batch_size / seconds)
+        return EpochStats(self.epoch, stats, seconds, self.steps_per_epoch * self.batch_size / seconds, frozenset(epoch_losses.reported()))
 
     def _checked(self, meter: LossMeter) -> dict[str, float]:
         """The meter's means, averaged over ranks (so every rank raises on a divergence together)."""

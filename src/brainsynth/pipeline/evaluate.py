@@ -147,7 +147,6 @@ def run(cfg: Config, log: logging.Logger) -> None:
             log.info("%s: %s", key, note)
         for png in sorted(EVALUATE_DIR.glob("*.png")):
             mlflow.log_artifact(str(png), artifact_path="figures")
-        log.info("evaluate: %s", ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
 
 
 def decide_champion(cfg: Config, train_run_id: str, results: dict, log: logging.Logger) -> None:

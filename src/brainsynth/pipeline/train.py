@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from brainsynth import distributed, tracking
 from brainsynth.checkpoint import CheckpointError, load_model_file, load_safe, restore_training_state, save_model_file, save_training_state
@@ -152,25 +154,29 @@ def run(cfg: Config, log: logging.Logger) -> None:
         run_id = run_info.info.run_id
         if resume_run_id is None:
             tracking.log_dataset(train_images, train_labels, PREPARED_DIR, "training")
-        started = time.perf_counter()
+        started, first_epoch = time.perf_counter(), trainer.epoch
         staging_figures = Path("logs/train_samples")
         for _ in range(trainer.epoch, cfg.train.epochs):
-            stats = trainer.train_epoch(on_log=lambda step, means: mlflow.log_metrics({f"step_{k}": v for k, v in means.items()}, step=step))
-            epoch_metrics = {**{f"train_{k}": v for k, v in stats.losses.items()}, "images_per_second": stats.images_per_second, "epoch_seconds": stats.seconds}
+            stats = trainer.train_epoch(on_log=lambda step, means: mlflow.log_metrics({f"step_{k}": v for k, v in means.items()}, step=step),
+                                        progress=f"epoch {trainer.epoch + 1}/{cfg.train.epochs}")
+            epoch_metrics = {**{f"train_{k}": v for k, v in stats.computed_losses().items()}, "images_per_second": stats.images_per_second,
+                             "epoch_seconds": stats.seconds}
             if len(val_images) and (stats.epoch % cfg.train.sample_every == 0 or stats.epoch == cfg.train.epochs):
                 scores = validation_metrics(trainer, val_images, val_labels, cfg, judge)
                 epoch_metrics.update(scores)
                 val_history.append({"epoch": stats.epoch, **scores})
                 path = class_grid(trainer.sample, data.class_names, 8, cfg.seed, staging_figures / f"epoch_{stats.epoch:04d}.png",
                                   f"fixed-noise samples, epoch {stats.epoch}")
-                mlflow.log_artifact(str(path), artifact_path="samples")
+                with Image.open(path) as grid:  # the UI's image slider steps through training
+                    mlflow.log_image(np.asarray(grid.convert("RGB")), key="samples", step=stats.epoch)
                 if scores["val_objective"] < best["value"]:
                     best = {"value": scores["val_objective"], "epoch": stats.epoch}
                     save_ema_model(BEST_CHECKPOINT, trainer, cfg, data.class_names)
                     log.info("new best val_objective %.3f at epoch %d", best["value"], stats.epoch)
             mlflow.log_metrics(epoch_metrics, step=stats.epoch)
-            log.info("epoch %d/%d %.1fs (%.0f img/s): %s", stats.epoch, cfg.train.epochs, stats.seconds, stats.images_per_second,
-                     ", ".join(f"{k}={v:.4f}" for k, v in stats.losses.items()))
+            remaining = (time.perf_counter() - started) / (stats.epoch - first_epoch) * (cfg.train.epochs - stats.epoch)
+            log.info("epoch %d/%d %.1fs (%.0f img/s, about %.0f min left): %s", stats.epoch, cfg.train.epochs, stats.seconds,
+                     stats.images_per_second, remaining / 60, ", ".join(f"{k}={v:.4f}" for k, v in stats.computed_losses().items()))
             save_training_state(trainer, RESUME_CHECKPOINT, {"fingerprint": print_fp, "mlflow_run_id": run_id, "best_value": best["value"],
                                               "best_epoch": best["epoch"], "val_history": val_history})
 

@@ -143,6 +143,27 @@ def stop_callbacks(n_trials: int) -> list:
     return [optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.FAIL,))]
 
 
+class ProgressLog:
+    """Optuna callback: one line per finished trial — how many of ``tune.n_trials`` are done, the
+    best value so far and, from the pace of this run, about how long the rest will take."""
+
+    def __init__(self, n_trials: int):
+        self.n_trials, self.started, self.done_here = n_trials, time.perf_counter(), 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.done_here += 1
+        counts = count_states(study)
+        finished = counts["n_complete"] + counts["n_pruned"]
+        try:
+            best = f"{study.best_value:.4g} (trial {study.best_trial.number})"
+        except ValueError:  # no complete trial yet
+            best = "none yet"
+        left = max(0, self.n_trials - finished)
+        pace = (time.perf_counter() - self.started) / self.done_here
+        log.info("trial %d %s: %d/%d finished, best so far %s, about %.0f min left", trial.number, trial.state.name.lower(), finished,
+                 self.n_trials, best, left * pace / 60)
+
+
 def study_done(study: optuna.Study, n_trials: int) -> bool:
     counts = count_states(study)
     return counts["n_complete"] + counts["n_pruned"] >= n_trials or counts["n_failed"] >= n_trials
@@ -226,7 +247,7 @@ class Objective:
                 stats = trainer.train_epoch()
                 scores = validation_metrics(trainer, val_images, val_labels, trial_cfg, self.judge)
                 value = scores["val_objective"]
-                mlflow.log_metrics({**{f"train_{k}": v for k, v in stats.losses.items()}, **scores}, step=epoch + 1)
+                mlflow.log_metrics({**{f"train_{k}": v for k, v in stats.computed_losses().items()}, **scores}, step=epoch + 1)
                 log.info("trial %d epoch %d: objective %.3f (swd %.2f, mae %.2f)", trial.number, epoch + 1, value, scores["val_swd"], scores["val_recon_mae"])
                 if not math.isfinite(value):
                     raise DivergenceError(f"non-finite validation objective {value}")
@@ -297,7 +318,7 @@ def worker_main(raw_cfg: dict, name: str, parent_run_id: str, index: int, tracki
                           worker=f"{socket.gethostname()}:{os.getpid()}:{index}")
     try:
         if not study_done(study, cfg.tune.n_trials):
-            study.optimize(objective, callbacks=stop_callbacks(cfg.tune.n_trials), catch=(RuntimeError,))
+            study.optimize(objective, callbacks=[*stop_callbacks(cfg.tune.n_trials), ProgressLog(cfg.tune.n_trials)], catch=(RuntimeError,))
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -413,7 +434,8 @@ def optimise(study: optuna.Study, cfg: Config, data: prepared.PreparedData, pare
     else:
         study.sampler = make_sampler(cfg, stream=before)
         study.pruner = make_pruner(cfg)
-        study.optimize(Objective(cfg, data, parent_run_id), callbacks=stop_callbacks(cfg.tune.n_trials), catch=(RuntimeError,))
+        study.optimize(Objective(cfg, data, parent_run_id), callbacks=[*stop_callbacks(cfg.tune.n_trials), ProgressLog(cfg.tune.n_trials)],
+                       catch=(RuntimeError,))
     return before
 
 
