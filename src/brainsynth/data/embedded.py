@@ -174,7 +174,7 @@ def build_cohort(cfg: EmbeddedDataConfig, image_size: int, seed: int, progress: 
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(iterator, desc="synthetic subjects", unit="subj")
+        iterator = tqdm(iterator, desc="synthetic subjects", unit="subj", disable=None)  # a bar on a terminal only: no frames in logs
     images, labels, subjects = [], [], []
     for index in iterator:
         subject_rng = np.random.default_rng([seed, index])

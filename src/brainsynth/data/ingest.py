@@ -93,10 +93,10 @@ def parallel_map(function, items: list, workers: int, desc: str) -> list:
     """
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or len(items) < 64:
-        return [function(item) for item in tqdm(items, desc=desc, unit="item", mininterval=2.0)]
+        return [function(item) for item in tqdm(items, desc=desc, unit="item", mininterval=2.0, disable=None)]
     with multiprocessing.get_context("fork").Pool(min(workers, len(items)), initializer=_default_sigterm) as pool:
         chunk = max(1, min(64, len(items) // (workers * 8)))
-        return list(tqdm(pool.imap(function, items, chunksize=chunk), total=len(items), desc=desc, unit="item", mininterval=2.0))
+        return list(tqdm(pool.imap(function, items, chunksize=chunk), total=len(items), desc=desc, unit="item", mininterval=2.0, disable=None))
 
 
 def _default_sigterm() -> None:
