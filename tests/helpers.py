@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from contextlib import contextmanager
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,18 @@ def data_config(root, **overrides) -> DataConfig:
 
 # --- a temporary copy of the repo for end-to-end runs -------------------------------------------
 
+# The whole pipeline in about a minute on 2 CPU cores: tiny images, networks, budgets.
+TINY_PIPELINE = {
+    "mlflow": {"experiment": "e2e"},
+    "data": {"image_size": 32, "embedded": {"n_subjects": 12, "slices_per_subject": 4}},
+    "model": {"latent_dim": 8, "base_channels": 8, "max_channels": 16, "cbam_res": [8], "self_attention_res": [8]},
+    "train": {"epochs": 2, "batch_size": 4, "sample_every": 1, "log_every": 2},
+    "loss": {"adv_start_epoch": 0, "kl_warmup_epochs": 1},
+    "tune": {"n_trials": 2, "epochs": 1, "max_train_images": 0, "eval_images": 8},
+    "swd": {"patches_per_image": 16, "directions": 32},
+    "evaluate": {"n_images": 12, "n_pairs": 8, "n_recon_examples": 4, "utility_epochs": 2, "utility_seeds": 2},
+}
+
 BIN = Path(sys.executable).parent
 
 
@@ -68,6 +81,21 @@ def run_in(cmd: list[str], cwd: Path, env: dict, check: bool = True, timeout: in
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+@contextmanager
+def changed_params(work: Path, change):
+    """params.yaml of the copy ``work`` changed by ``change(params)`` (a nested dict, edited in
+    place) for the duration of the block, then restored byte for byte."""
+    path = work / "params.yaml"
+    committed = path.read_text()
+    params = yaml.safe_load(committed)
+    change(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        yield params
+    finally:
+        path.write_text(committed)
 
 
 def copy_repo(work: Path, params_extra: dict) -> None:

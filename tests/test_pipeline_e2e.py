@@ -9,21 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import copy_repo, pipeline_env, run_in
+from helpers import TINY_PIPELINE, changed_params, copy_repo, pipeline_env, run_in
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-TINY = {
-    "mlflow": {"experiment": "e2e"},
-    "data": {"image_size": 32, "embedded": {"n_subjects": 12, "slices_per_subject": 4}},
-    "model": {"latent_dim": 8, "base_channels": 8, "max_channels": 16, "cbam_res": [8], "self_attention_res": [8]},
-    "train": {"epochs": 2, "batch_size": 4, "sample_every": 1, "log_every": 2},
-    "loss": {"adv_start_epoch": 0, "kl_warmup_epochs": 1},
-    "tune": {"n_trials": 2, "epochs": 1, "max_train_images": 0, "eval_images": 8},
-    "swd": {"patches_per_image": 16, "directions": 32},
-    "evaluate": {"n_images": 12, "n_pairs": 8, "n_recon_examples": 4, "utility_epochs": 2, "utility_seeds": 2},
-}
+TINY = TINY_PIPELINE
 PARAMS_READ = "params_read"  # where each stage writes the params it read (BRAINSYNTH_RECORD_PARAMS)
 
 
@@ -178,18 +169,13 @@ def test_an_evaluate_knob_that_does_not_touch_utility_reuses_its_classifiers(pip
     from the cache keyed by model, data and utility settings, with the same results."""
     work, _ = pipeline
     before = json.loads((work / "metrics" / "evaluate.json").read_text())["utility"]
-    params_path = work / "params.yaml"
-    committed = params_path.read_text()
-    params = yaml.safe_load(committed)
-    params["evaluate"]["n_pairs"] = 6
     try:
-        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-        _run(["dvc", "repro", "evaluate"], work)
-        assert "reusing the classifiers" in (work / "logs" / "evaluate.log").read_text()
-        after = json.loads((work / "metrics" / "evaluate.json").read_text())["utility"]
-        assert after == before
+        with changed_params(work, lambda p: p["evaluate"].update(n_pairs=6)):
+            _run(["dvc", "repro", "evaluate"], work)
+            assert "reusing the classifiers" in (work / "logs" / "evaluate.log").read_text()
+            after = json.loads((work / "metrics" / "evaluate.json").read_text())["utility"]
+            assert after == before
     finally:
-        params_path.write_text(committed)
         _run(["dvc", "repro", "evaluate"], work)  # back to the committed params' outputs (from DVC's run cache)
 
 
@@ -411,12 +397,7 @@ def test_two_process_training_writes_one_run_and_resumes_after_a_kill(pipeline):
     from brainsynth.checkpoint import load_model_file
 
     work, _ = pipeline
-    params_path = work / "params.yaml"
-    committed = params_path.read_text()
-    params = yaml.safe_load(committed)
-    params["train"]["nproc_per_node"] = 2
-    try:
-        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    with changed_params(work, lambda p: p["train"].update(nproc_per_node=2)) as params:
         before = {r.info.run_id for r in _train_runs(work)}
         repro = _run(["dvc", "repro", "train"], work)
         assert "Running stage 'train'" in repro.stdout
@@ -430,7 +411,7 @@ def test_two_process_training_writes_one_run_and_resumes_after_a_kill(pipeline):
 
         # kill and resume: 4 epochs; SIGKILL the launcher and both ranks once the first checkpoint exists
         params["train"]["epochs"] = 4
-        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         checkpoint = work / "checkpoints" / "train" / "last.pt"
         before = {r.info.run_id for r in _train_runs(work)}
         job = subprocess.Popen([str(BIN / "python"), "stages/train.py"], cwd=work, env=_env(),
@@ -453,5 +434,3 @@ def test_two_process_training_writes_one_run_and_resumes_after_a_kill(pipeline):
         for log_name in ("train.log", "train.rank1.log"):
             assert "resuming from" in (work / "logs" / log_name).read_text(), log_name
         assert not checkpoint.exists()
-    finally:
-        params_path.write_text(committed)

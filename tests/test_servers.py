@@ -20,19 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BIN, copy_repo, pipeline_env
+from helpers import BIN, TINY_PIPELINE, copy_repo, merged, pipeline_env
 
-TINY = {
+# the tiny pipeline, with a tuning study that outlasts a killed worker by several heartbeats
+TINY = merged(TINY_PIPELINE, {
     "mlflow": {"experiment": "servers"},
-    "data": {"image_size": 32, "embedded": {"n_subjects": 12, "slices_per_subject": 4}},
-    "model": {"latent_dim": 8, "base_channels": 8, "max_channels": 16, "cbam_res": [8], "self_attention_res": [8]},
-    "train": {"epochs": 1, "batch_size": 4, "sample_every": 1, "log_every": 2},
-    "loss": {"adv_start_epoch": 0, "kl_warmup_epochs": 1},
-    "tune": {"n_trials": 5, "epochs": 2, "max_train_images": 0, "eval_images": 8, "n_workers": 2, "heartbeat_seconds": 1,
-             "pruner": "none"},
-    "swd": {"patches_per_image": 16, "directions": 32},
-    "evaluate": {"n_images": 12, "n_pairs": 8, "n_recon_examples": 4, "utility_epochs": 1, "utility_seeds": 1},
-}
+    "train": {"epochs": 1},
+    "tune": {"n_trials": 5, "epochs": 2, "n_workers": 2, "heartbeat_seconds": 1, "pruner": "none"},
+    "evaluate": {"utility_epochs": 1, "utility_seeds": 1},
+})
 
 
 def _postgres_bin() -> Path | None:
