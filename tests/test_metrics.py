@@ -118,3 +118,16 @@ def test_tstr_classifier_learns_a_class_signal():
     assert accuracy(classifier, images[240:], labels[240:]) > 0.85
     # Grading images against the wrong intended class (what gan_test_accuracy catches) scores low.
     assert accuracy(classifier, images[240:], 1 - labels[240:]) < 0.15
+
+
+def test_figure_rows_spread_over_classes_and_subjects():
+    """#15: the real row of a figure shows the data's range, not ten consecutive slices of one subject."""
+    from brainsynth.viz import spread_indices
+
+    labels = np.repeat([0, 1, 2], 20)
+    subjects = np.array([f"s{k}-{i // 5}" for k, i in zip(labels, np.tile(np.arange(20), 3))])  # 4 subjects × 5 slices per class
+    picked = spread_indices(labels, subjects, 9, np.random.default_rng(0))
+    assert len(picked) == len(set(picked)) == 9
+    assert list(labels[picked]) == [0, 1, 2] * 3  # takes turns over the classes
+    assert len(set(subjects[picked])) == 9  # no subject twice while others are left
+    assert len(spread_indices(labels[:3], subjects[:3], 10, np.random.default_rng(0))) == 3  # fewer images than asked

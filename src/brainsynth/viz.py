@@ -19,11 +19,18 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def labelled_grid(rows: list[np.ndarray], row_labels: list[str], path: Path, title: str = "", col_labels: list[str] | None = None) -> Path:
-    """One row of images per entry of ``rows`` (each (n_i, S, S)), labelled on the left."""
+def labelled_grid(rows: list[np.ndarray], row_labels: list[str], path: Path, title: str = "", col_labels: list[str] | None = None,
+                  heat_rows: tuple[int, ...] = ()) -> Path:
+    """One row of images per entry of ``rows`` (each (n_i, S, S)), labelled on the left. Rows whose
+    index is in ``heat_rows`` (e.g. |differences|) use a heat colour map, scaled to their own
+    maximum, with a colour bar in grey levels."""
     n_cols = max((len(r) for r in rows), default=1)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.1 * n_cols + 1.2, 1.15 * len(rows) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.1 * n_cols + 1.2 + (0.6 if heat_rows else 0), 1.15 * len(rows) + 0.5),
+                             squeeze=False)
     for r, (images, label) in enumerate(zip(rows, row_labels)):
+        heat = r in heat_rows
+        top = max(1, int(np.max(images))) if heat and len(images) else 255
+        shown = None
         for c in range(n_cols):
             ax = axes[r, c]
             ax.set_xticks([])
@@ -31,13 +38,57 @@ def labelled_grid(rows: list[np.ndarray], row_labels: list[str], path: Path, tit
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if c < len(images):
-                ax.imshow(images[c], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+                shown = ax.imshow(images[c], cmap="inferno" if heat else "gray", vmin=0, vmax=top, interpolation="nearest")
             if c == 0:
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
             if col_labels and r == 0 and c < len(col_labels):
                 ax.set_title(col_labels[c], fontsize=8)
+        if heat and shown is not None:
+            bar = fig.colorbar(shown, ax=list(axes[r]), fraction=0.02, pad=0.01)
+            bar.ax.tick_params(labelsize=7)
+            bar.set_label("grey levels", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
+    if heat_rows:  # tight_layout cannot place a colour bar that spans a row
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        return path
+    return _save(fig, path)
+
+
+def spread_indices(labels: np.ndarray, groups: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices that take turns over the classes and, within a class, over different groups
+    (subjects), at random slices: a row that shows the data's range, not one subject's stack."""
+    picked: list[int] = []
+    by_class = {k: rng.permutation(np.flatnonzero(labels == k)) for k in np.unique(labels)}
+    used_groups: set = set()
+    while len(picked) < n and any(len(v) for v in by_class.values()):
+        for k in list(by_class):
+            pool = by_class[k]
+            if not len(pool) or len(picked) == n:
+                continue
+            fresh = [i for i in pool if groups[i] not in used_groups]
+            choice = fresh[0] if fresh else pool[0]
+            picked.append(int(choice))
+            used_groups.add(groups[choice])
+            by_class[k] = pool[pool != choice]
+    return np.array(picked, dtype=int)
+
+
+def intensity_histograms(real: np.ndarray, generated: np.ndarray, path: Path, title: str = "") -> Path:
+    """Grey-level histograms of real and generated slices (all pixels; log counts), so contrast and
+    tissue peaks (background, CSF, grey and white matter) can be compared at a glance."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    bins = np.arange(257) - 0.5
+    for images, label, colour in ((real, "real (test)", "#4c72b0"), (generated, "generated", "#dd8452")):
+        ax.hist(images.ravel(), bins=bins, density=True, histtype="step", linewidth=1.2, label=label, color=colour)
+    ax.set_yscale("log")
+    ax.set_xlabel("grey level")
+    ax.set_ylabel("share of pixels")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 

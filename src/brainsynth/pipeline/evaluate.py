@@ -47,7 +47,7 @@ from brainsynth.headline import grouped, headline
 from brainsynth.inference import SynthModel, predict_classes
 from brainsynth.paths import EVALUATE_DIR, MODEL_FILE, PREPARED_DIR, UTILITY_CACHE
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
-from brainsynth.viz import class_grid, labelled_grid, morphometry_figure, utility_bars
+from brainsynth.viz import class_grid, intensity_histograms, labelled_grid, morphometry_figure, spread_indices, utility_bars
 
 
 def run(cfg: Config, log: logging.Logger) -> None:
@@ -110,14 +110,21 @@ def run(cfg: Config, log: logging.Logger) -> None:
 
         with atomic_dir(EVALUATE_DIR) as staging:
             class_grid(model.sample, data.class_names, 10, cfg.seed + 2, staging / "samples_per_class.png", "generated samples per class (EMA decoder)")
-            m = min(ev.n_recon_examples, n)
-            diff = np.abs(real[:m].astype(np.int16) - recon[:m].astype(np.int16)).astype(np.uint8)
-            labelled_grid([real[:m], recon[:m], diff], ["input", "reconstruction", "|difference|"], staging / "reconstructions.png",
-                          title=f"test reconstructions: PSNR {results['recon_psnr']:.1f} dB, SSIM {results['recon_ssim']:.3f}")
-            rows = [real[:10], samples[:10]]
-            labelled_grid(rows, ["real (test)", "generated"], staging / "real_vs_generated.png",
+            # Figure rows drawn across classes, subjects and slice levels (own generator: the metrics' draws stay as they were).
+            subjects = data.subjects[data.splits == "test"][pick]
+            shown = spread_indices(real_labels, subjects, 10, np.random.default_rng(cfg.seed + 5))
+            m = min(ev.n_recon_examples, len(shown))
+            inputs, outputs = real[shown[:m]], recon[shown[:m]]
+            diff = np.abs(inputs.astype(np.int16) - outputs.astype(np.int16)).astype(np.uint8)
+            labelled_grid([inputs, outputs, diff], ["input", "reconstruction", "|difference|"], staging / "reconstructions.png",
+                          title=f"test reconstructions: PSNR {results['recon_psnr']:.1f} dB, SSIM {results['recon_ssim']:.3f}", heat_rows=(2,))
+            names = data.class_names or ["unlabelled"]
+            labelled_grid([real[shown], samples[shown]], ["real (test)", "generated\n(same class)"], staging / "real_vs_generated.png",
+                          col_labels=[names[k] for k in real_labels[shown]],
                           title=f"SWD {results['swd']:.1f}" + (f" (real-vs-real {results['swd_real_baseline']:.1f})"
                                                                if "swd_real_baseline" in results else ""))
+            intensity_histograms(real, samples, staging / "intensity_histogram.png",
+                                 title=f"grey levels of {n} real test slices and as many samples")
             closest = np.argsort(audit["_generated_distances"])[:8]
             train_match = train_images[audit["_nearest_train_index"][closest]]
             train_match = np.where(audit["_nearest_is_mirrored"][closest][:, None, None], train_match[:, :, ::-1], train_match)
