@@ -130,7 +130,7 @@ def _kill_a_worker_mid_trial(study_name: str, storage: str, repro: subprocess.Po
         except KeyError:
             study = None
         if study is None:
-            names = optuna.get_all_study_names(storage) if _has_tables(storage) else []
+            names = optuna.get_all_study_names(storage) if _storage_ready(storage) else []
             study_name = names[0] if names else None
         else:
             for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -142,12 +142,18 @@ def _kill_a_worker_mid_trial(study_name: str, storage: str, repro: subprocess.Po
     raise AssertionError("no trial ran in a worker process")
 
 
-def _has_tables(storage: str) -> bool:
+def _storage_ready(storage: str) -> bool:
+    """Whether the stage has finished creating Optuna's tables. Opening the storage through Optuna
+    before that would make this observer a second creator, racing the stage on an empty database
+    (the very race the stage avoids by creating the study before its workers)."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(storage)
     try:
-        return sqlalchemy.inspect(engine).has_table("studies")
+        if not sqlalchemy.inspect(engine).has_table("alembic_version"):
+            return False
+        with engine.connect() as connection:
+            return connection.execute(sqlalchemy.text("SELECT count(*) FROM alembic_version")).scalar() > 0
     finally:
         engine.dispose()
 
