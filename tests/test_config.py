@@ -161,3 +161,17 @@ def test_lax_coercions_are_refused(section, key, value):
 def test_yaml_lists_and_integer_floats_still_load():
     cfg = validate(merged(repo_params(), {"optim": {"lr": 1}, "data": {"embedded": {"class_fractions": [0.5, 0.25, 0.25]}}}))
     assert cfg.optim.lr == 1.0 and cfg.data.embedded.class_fractions == (0.5, 0.25, 0.25)
+
+
+@pytest.mark.parametrize("extra, named", [
+    ({"train": {"nproc_per_node": 3}}, "train.nproc_per_node 3"),
+    ({"train": {"nproc_per_node": 0}}, "train.nproc_per_node"),
+    ({"tune": {"heartbeat_seconds": 0}}, "tune.heartbeat_seconds"),
+    ({"mlflow": {"champion_metric": "accuracy"}}, "mlflow.champion_metric"),
+])
+def test_params_of_this_session_are_validated_by_name(extra, named):
+    """#14/#15: a global batch the processes cannot share, a zero heartbeat or an unknown champion
+    metric fail in one line naming the key."""
+    with pytest.raises(ConfigError) as err:
+        validate(merged(repo_params(), extra))
+    assert named in str(err.value) and "\n" not in str(err.value)
