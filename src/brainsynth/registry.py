@@ -10,12 +10,8 @@ headline metrics and decides ``champion`` (``promote``).
 
 from __future__ import annotations
 
-import logging
-
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-
-log = logging.getLogger("brainsynth.registry")
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 # Metrics of metrics/evaluate.json that can decide the champion, and whether lower is better.

@@ -9,6 +9,7 @@ repository, and the store is anchored there instead.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import yaml
 from mlflow.tracking import MlflowClient
 
 from brainsynth.config import Config
@@ -160,8 +162,6 @@ def prepared_data_hash(folder: Path) -> str:
     folder (a direct ``python stages/…`` before any ``dvc repro``)."""
     lock = repo_root() / "dvc.lock"
     if lock.is_file():
-        import yaml
-
         try:
             stages = yaml.safe_load(lock.read_text()).get("stages", {})
             for out in stages.get("prepare", {}).get("outs", []):
@@ -190,8 +190,6 @@ def run_name(stage: str) -> str:
 def log_params_flat(params: dict) -> None:
     """Log params with their params.yaml paths; values longer than MLflow's limit are cut. The
     search space is one JSON param (``tune.search_space``), not dozens of mostly-null leaves."""
-    import json
-
     space = {k[len("tune.search_space."):]: v for k, v in params.items() if k.startswith("tune.search_space.")}
     params = {k: v for k, v in params.items() if not k.startswith("tune.search_space.")}
     if space:
