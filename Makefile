@@ -8,6 +8,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
+SHELL := /bin/bash
 
 .PHONY: setup run run-quick test ui bench clean
 
@@ -28,8 +29,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# DVC ends every repro with "Use `dvc push` to send your updates to remote storage." even when no
+# remote is configured (none is by default): without a remote that line is dropped from stdout.
+# Stages draw their progress bars on stderr, which stays on the terminal.
 run: setup
-	$(BIN)/dvc repro
+	@set -o pipefail; if [ -n "$$($(BIN)/dvc remote list)" ]; then $(BIN)/dvc repro; \
+	else PYTHONUNBUFFERED=1 $(BIN)/dvc repro | sed -u '/^Use `dvc push` to send your updates/d'; fi
 	@echo
 	@$(BIN)/python -m brainsynth.headline
 	@echo

@@ -175,3 +175,15 @@ def test_params_of_this_session_are_validated_by_name(extra, named):
     with pytest.raises(ConfigError) as err:
         validate(merged(repo_params(), extra))
     assert named in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("extra, named", [
+    ({"train": {"nproc_per_node": 3}}, "train.batch_size 32 is the global batch and must be divisible by train.nproc_per_node 3"),
+    ({"model": {"logvar_min": 5.0}}, "logvar_min (5.0) must be below logvar_max"),
+])
+def test_a_check_across_one_section_s_keys_does_not_echo_the_section(extra, named):
+    """Regression: a section-level check printed the whole section dict before its message."""
+    with pytest.raises(ConfigError) as err:
+        validate(merged(repo_params(), extra))
+    message = str(err.value)
+    assert named in message and "{" not in message and len(message) < 200

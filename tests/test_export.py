@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ def model_file(tmp_path_factory):
     cfg = repo_config({"data.image_size": 16, "model.latent_dim": 4, "model.base_channels": 4, "model.max_channels": 8,
                        "model.cbam_res": [8], "model.self_attention_res": []})
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_model_file(path, cfg.model, 16, 3, CLASSES, Encoder(cfg.model, 16, 3), Decoder(cfg.model, 16, 3))
+    save_model_file(path, cfg.model, 16, 3, CLASSES, Encoder(cfg.model, 16, 3), Decoder(cfg.model, 16, 3), pixel_mm=12.5)
     return path
 
 
@@ -35,8 +37,14 @@ def test_generate_writes_pngs_nifti_and_manifest(model_file, tmp_path, capsys):
     out = tmp_path / "synthetic"
     assert generate_main(["--model", str(model_file), "--out", str(out), "--n-per-class", "3", "--seed", "7", "--nifti"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["model_digest"] == digest(model_file) and manifest["classes"] == CLASSES and len(manifest["files"]) == 9
-    first = manifest["files"][0]
+    assert manifest["model_digest"] == digest(model_file) and manifest["classes"] == CLASSES
+    assert manifest["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert abs(datetime.fromisoformat(manifest["created"]) - datetime.now(timezone.utc)) < timedelta(minutes=5)
+    pngs = [f for f in manifest["files"] if f["kind"] == "png"]
+    volumes = {f["path"]: f for f in manifest["files"] if f["kind"] == "nifti"}
+    assert len(pngs) == 9 and set(volumes) == {"healthy.nii.gz", "mild.nii.gz", "moderate.nii.gz"}
+    assert "wrote 9 images" in capsys.readouterr().out
+    first = pngs[0]
     assert first["class"] == "healthy" and (out / first["path"]).is_file()
     image = np.asarray(Image.open(out / first["path"]))
     assert image.shape == (16, 16) and image.dtype == np.uint8
@@ -45,7 +53,12 @@ def test_generate_writes_pngs_nifti_and_manifest(model_file, tmp_path, capsys):
     import nibabel as nib
 
     stack = nib.load(out / "mild.nii.gz")
-    assert stack.shape == (16, 16, 3)
+    assert stack.shape == (16, 16, 3) and volumes["mild.nii.gz"]["n_slices"] == 3
+    # the training data's pixel size (200 mm over 16 px here), in mm, centred; a description a viewer shows
+    assert stack.header.get_zooms() == (12.5, 12.5, 12.5) and stack.header.get_xyzt_units()[0] == "mm"
+    assert np.allclose(stack.affine[:3, 3], [-7.5 * 12.5, -7.5 * 12.5, -1 * 12.5])
+    assert b"mild" in stack.header["descrip"].item() and b"unknown" not in stack.header["descrip"].item()
+    assert manifest["pixel_mm"] == 12.5
     # a re-run replaces the folder whole: no stale files from a larger export
     assert generate_main(["--model", str(model_file), "--out", str(out), "--n-per-class", "1"]) == 0
     assert len(list(out.rglob("*.png"))) == 3 and not list(out.glob("*.nii.gz"))
@@ -91,7 +104,7 @@ def test_model_file_holds_only_what_sampling_needs(model_file):
     import torch
 
     payload = torch.load(model_file, weights_only=True)
-    assert set(payload) == {"format", "model", "image_size", "n_classes", "class_names", "encoder", "decoder"}
+    assert set(payload) == {"format", "model", "image_size", "pixel_mm", "n_classes", "class_names", "encoder", "decoder"}
     assert payload["format"] == "brainsynth-model-v2" and "train" not in payload["model"]
 
 

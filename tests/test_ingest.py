@@ -72,6 +72,7 @@ def test_image_folder_every_mode_and_broken_files_counted(image_tree):
     assert counts["skipped_empty_file"] == 1 and counts["skipped_unsupported_file"] == 1
     assert counts["skipped_truncated"] + counts.get("skipped_unreadable", 0) == 2
     assert counts["skipped"] == 4 and counts["upsampled"] == 2  # the 8×8 images
+    assert result.pixel_mm is None  # PNG/JPEG carry no pixel spacing: the export says so instead of inventing 1 mm
 
 
 def test_skip_report_lists_each_file_and_bad_fraction_fails_naming_examples(image_tree, tmp_path):
@@ -173,6 +174,7 @@ def test_nifti_volumes_sliced_in_the_brain_range_anterior_up(tmp_path):
     cols = np.flatnonzero(one.max(axis=0) > 0)
     rows = np.flatnonzero(one.max(axis=1) > 0)
     assert len(cols) < len(rows)
+    assert result.pixel_mm == 36 / 16  # the longer side, 36 mm, over 16 px: what an export writes into NIfTI headers
 
 
 def test_nifti_slice_axis_and_thinning(tmp_path):
@@ -236,6 +238,7 @@ def test_dicom_series_ordered_by_position_rescaled_and_bad_files_skipped(tmp_pat
     assert len(one) == 5 and (np.diff(areas) > 0).all()  # ordered by ImagePositionPatient, not file name
     # rescale slope applied: the last slice (stored at half value, slope 2) is as bright as the others
     assert one[-1].max() == one[-2].max() == 255
+    assert result.pixel_mm == 32 * 1.0 / 16  # PixelSpacing 1 mm × 32 px over 16 px
 
 
 # --- subjects are persons (regression tests for the subject leak) -----------------------------

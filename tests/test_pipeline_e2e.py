@@ -73,8 +73,15 @@ def test_four_finished_stage_runs_with_lineage(pipeline):
         folder, name = expected.split("/")
         names = [Path(a.path).name for a in client.list_artifacts(stages[stage].info.run_id, folder)]
         assert name in names, f"{stage} artifacts: {names}"
-    model_files = [Path(a.path).name for a in client.list_artifacts(stages["train"].info.run_id, "model")]
-    assert model_files == ["model.pt"]  # one model leaves train (train.keep), used by evaluate, generate and the registry
+    # one model leaves train (train.keep), stored once: inside the logged pyfunc, which evaluate, generate and the registry use
+    assert not client.list_artifacts(stages["train"].info.run_id, "model")
+    assert len(list((work / "mlruns").rglob("model.pt"))) == 1
+    assert stages["train"].data.tags["model_uri"].startswith("models:/m-")
+    curves = [Path(a.path).name for a in client.list_artifacts(stages["train"].info.run_id, "curves")]
+    assert sorted(curves) == ["history.csv", "step_history.csv", "val_history.csv"]
+    # one step axis in the train run: every metric is per epoch (the step windows are in step_history.csv)
+    assert not [k for k in stages["train"].data.metrics if k.startswith("step_")]
+    assert max(m.step for m in client.get_metric_history(stages["train"].info.run_id, "train_rec")) == 2
     # artifacts live under the repo's mlruns/, next to mlflow.db, where a bare `mlflow ui` finds them
     assert list((work / "mlruns").rglob("samples_per_class.png"))
     assert stages["train"].data.metrics["epochs"] == 2
@@ -117,6 +124,30 @@ def test_runs_describe_themselves_and_group_by_pipeline(pipeline):
     assert "new champion" in stages["evaluate"].data.tags["registry"]
 
 
+def test_the_run_s_model_exports_from_another_folder_with_real_voxel_spacing(pipeline, tmp_path):
+    """#15: `brainsynth-generate --model runs:/<train run>/generator` outside the repo (the store named
+    by MLFLOW_TRACKING_URI); the NIfTI stacks carry the cohort's pixel size in mm, the manifest
+    lists them with the model's sha256."""
+    import hashlib
+
+    import nibabel as nib
+
+    work, _ = pipeline
+    _, runs = _runs(work)
+    train = next(r for r in runs if r.data.tags.get("stage") == "train")
+    env = {**_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    run_in([str(BIN / "brainsynth-generate"), "--model", f"runs:/{train.info.run_id}/generator", "--out", "synth", "--n-per-class", "2",
+            "--nifti"], tmp_path, env)
+    manifest = json.loads((tmp_path / "synth" / "manifest.json").read_text())
+    size = json.loads((work / "data" / "prepared" / "meta.json").read_text())["image_size"]
+    assert manifest["pixel_mm"] == round(200.0 / size, 4)
+    assert manifest["model_sha256"] == hashlib.sha256((work / "models" / "train" / "model.pt").read_bytes()).hexdigest()
+    volumes = [f["path"] for f in manifest["files"] if f["kind"] == "nifti"]
+    assert len(volumes) == 3
+    zooms = nib.load(tmp_path / "synth" / volumes[0]).header.get_zooms()
+    assert np.allclose(zooms, manifest["pixel_mm"])
+
+
 def test_dvc_plots_render_training_curves(pipeline):
     work, _ = pipeline
     shown = json.loads(_run(["dvc", "plots", "show", "--json"], work).stdout)
@@ -144,7 +175,11 @@ def test_metrics_files_and_keys(pipeline):
     train = json.loads((work / "metrics" / "train.json").read_text())
     assert set(train) == {"validation", "model"} and "val_swd" in train["validation"]  # no always-zero losses, no timings
     assert set(json.loads((work / "metrics" / "tune.json").read_text())["tune"]) == {"chosen_value", "n_complete", "n_pruned", "n_failed"}
-    assert (work / "models" / "train" / "model.pt").is_file()
+    from brainsynth.checkpoint import load_model_file
+
+    # the embedded cohort's field of view over its pixels travels from prepare into the model file (NIfTI export)
+    size = json.loads((work / "data" / "prepared" / "meta.json").read_text())["image_size"]
+    assert load_model_file(work / "models" / "train" / "model.pt").pixel_mm == round(200.0 / size, 4)
 
 
 def test_second_repro_is_a_noop_and_params_touch_only_their_stage(pipeline):
@@ -254,6 +289,12 @@ def test_killed_training_resumes_in_the_same_mlflow_run(pipeline, monkeypatch):
     assert "error" not in resumed[0].data.tags  # the interruption it recorded is over
     steps = [m.step for m in client.get_metric_history(resumed[0].info.run_id, "train_rec")]
     assert sorted(steps) == [1, 2]  # epoch 1 from the killed process, epoch 2 after resuming
+    import csv
+
+    with open(work / "models" / "train" / "step_history.csv") as handle:
+        windows = list(csv.DictReader(handle))
+    assert {float(row["epoch"]) for row in windows} >= {1.0, 2.0}  # the step windows of the killed epoch survive the resume
+    assert [int(row["step"]) for row in windows] == sorted({int(row["step"]) for row in windows})
 
 
 def test_a_killed_run_whose_checkpoint_is_discarded_is_closed_as_killed(pipeline, monkeypatch):

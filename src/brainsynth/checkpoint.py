@@ -83,15 +83,17 @@ class ModelFile:
     class_names: list[str]
     encoder: dict[str, torch.Tensor]
     decoder: dict[str, torch.Tensor]
+    pixel_mm: float | None = None  # in-plane mm per pixel of the training data; None when unknown (2-D images)
 
 
 def save_model_file(path: str | Path, model: ModelConfig, image_size: int, n_classes: int, class_names: list[str],
-                    encoder: torch.nn.Module, decoder: torch.nn.Module) -> None:
+                    encoder: torch.nn.Module, decoder: torch.nn.Module, pixel_mm: float | None = None) -> None:
     save_atomic(
         {
             "format": MODEL_FORMAT,
             "model": model.model_dump(mode="json"),
             "image_size": int(image_size),
+            "pixel_mm": None if pixel_mm is None else float(pixel_mm),
             "n_classes": int(n_classes),
             "class_names": list(class_names),
             "encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
@@ -118,5 +120,6 @@ def load_model_file(path: str | Path) -> ModelFile:
         first = err.errors()[0]
         raise CheckpointError(f"{path}: model settings not understood by this version ({'.'.join(map(str, first['loc']))}: "
                               f"{first['msg']})") from None
+    pixel_mm = payload.get("pixel_mm")  # absent from files written before it was recorded
     return ModelFile(model, int(payload["image_size"]), int(payload["n_classes"]), list(payload["class_names"]),
-                     payload["encoder"], payload["decoder"])
+                     payload["encoder"], payload["decoder"], None if pixel_mm is None else float(pixel_mm))

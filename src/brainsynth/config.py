@@ -419,6 +419,8 @@ def _first_error_line(err: ValidationError, raw: dict[str, Any], source: str) ->
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     if not path:  # a check across sections: its message names the keys; the input is the whole file
         return f"{source}: {message}{more}"
+    if isinstance(value, dict):  # a check across the keys of one section: its message names them and their values
+        return f"{source}: {path}: {message}{more}"
     return f"{source}: {path} = {value!r}: {message}{more}"
 
 

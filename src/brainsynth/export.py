@@ -1,9 +1,9 @@
 """Export synthetic slices: N images per class as PNG (and optionally one NIfTI stack per class),
-with a manifest (class, seed, model, MLflow run id).
+with a manifest listing every file (class, seed) and the model (source, sha256) and the time.
 
     brainsynth-generate --model models/train/model.pt --n-per-class 100 --out data/synthetic
     brainsynth-generate --model models:/brainsynth/3 --n-per-class 50 --nifti --out synth/
-    brainsynth-generate --model runs:/<run id>/model/model.pt ...
+    brainsynth-generate --model runs:/<train run id>/generator ...
 
 ``--model`` takes a model file or any MLflow URI of one (``runs:/…``, ``models:/…`` of the
 registered pyfunc, whose ``artifacts/`` hold the model file).
@@ -12,9 +12,11 @@ registered pyfunc, whose ``artifacts/`` hold the model file).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -78,10 +80,11 @@ def _is_export(folder: Path) -> bool:
     return isinstance(manifest, dict) and isinstance(manifest.get("files"), list) and "classes" in manifest
 
 
-def export(model: SynthModel, out_dir: Path, n_per_class: int, seed: int, nifti: bool, model_source: str, model_digest: str = "",
+def export(model: SynthModel, out_dir: Path, n_per_class: int, seed: int, nifti: bool, model_source: str, model_file: Path | None = None,
            force: bool = False) -> dict:
     """Write the images and manifest into ``out_dir`` atomically (a temp folder moved into place);
-    ``check_out_dir`` first, so no user folder is replaced by accident."""
+    ``check_out_dir`` first, so no user folder is replaced by accident. ``model_file``: the file
+    behind ``model_source``, whose digests the manifest records."""
     check_out_dir(out_dir, force)
     class_names = model.class_names or ["unlabelled"]
     with atomic_dir(Path(out_dir)) as staging:
@@ -94,18 +97,48 @@ def export(model: SynthModel, out_dir: Path, n_per_class: int, seed: int, nifti:
             for i, image in enumerate(images):
                 path = folder / f"{_safe(name)}_{i:05d}.png"
                 Image.fromarray(image).save(path)
-                files.append({"path": str(path.relative_to(staging)), "class": name, "class_index": k, "index": i, "seed": class_seed})
+                files.append({"path": str(path.relative_to(staging)), "kind": "png", "class": name, "class_index": k, "index": i, "seed": class_seed})
             if nifti:
-                import nibabel as nib
-
-                # (S, S, n): one axial slice per image, 1 mm voxels; rows flipped so that nibabel's
-                # RAS orientation shows the slices upright in a viewer, as the PNGs are.
-                volume = np.ascontiguousarray(np.transpose(images[:, ::-1, :], (2, 1, 0)))
-                nib.save(nib.Nifti1Image(volume, np.eye(4)), staging / f"{_safe(name)}.nii.gz")
-        manifest = {"model": model_source, "model_digest": model_digest, "seed": seed,
-                    "n_per_class": n_per_class, "image_size": model.image_size, "classes": class_names, "nifti": nifti, "files": files}
+                path = staging / f"{_safe(name)}.nii.gz"
+                save_nifti_stack(images, model.pixel_mm, f"brainsynth {name}: {len(images)} independent synthetic slices", path)
+                files.append({"path": path.name, "kind": "nifti", "class": name, "class_index": k, "n_slices": len(images), "seed": class_seed})
+        manifest = {"model": model_source, "model_digest": digest(model_file) if model_file else "", "model_sha256": _sha256(model_file),
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": seed, "n_per_class": n_per_class,
+                    "image_size": model.image_size, "pixel_mm": model.pixel_mm, "classes": class_names, "nifti": nifti, "files": files}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def save_nifti_stack(images: np.ndarray, pixel_mm: float | None, description: str, path: Path) -> None:
+    """(n, S, S) uint8 slices → one NIfTI volume (S, S, n) in mm, centred on the origin.
+
+    Rows are flipped so that nibabel's RAS orientation shows the slices upright in a viewer, as the
+    PNGs are. The third axis stacks independent samples, not neighbouring slices; it gets the
+    in-plane spacing so that viewers draw square voxels. ``pixel_mm`` None (2-D training images
+    carry no spacing): 1 mm, and the description says so."""
+    import nibabel as nib
+
+    spacing = pixel_mm or 1.0
+    volume = np.ascontiguousarray(np.transpose(images[:, ::-1, :], (2, 1, 0)))
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = -(np.asarray(volume.shape) - 1) / 2.0 * spacing
+    image = nib.Nifti1Image(volume, affine)
+    image.header.set_xyzt_units(xyz="mm")
+    text = description if pixel_mm else f"{description}; pixel size unknown (1 mm)"
+    image.header["descrip"] = text.encode("ascii", "replace")[:79]  # the header field holds 80 bytes
+    nib.save(image, path)
+
+
+def _sha256(path: Path | None) -> str:
+    if path is None:
+        return ""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def n_images(manifest: dict) -> int:
+    """PNG slices listed in an export's manifest."""
+    return sum(1 for entry in manifest["files"] if entry.get("kind", "png") == "png")
 
 
 def _safe(name: str) -> str:
@@ -132,11 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(Path(args.out), args.force)  # before loading anything
         model_file = resolve_model_file(args.model)
         model = SynthModel.load(model_file, args.device)
-        manifest = export(model, Path(args.out), args.n_per_class, args.seed, args.nifti, args.model, digest(model_file), force=args.force)
+        manifest = export(model, Path(args.out), args.n_per_class, args.seed, args.nifti, args.model, model_file, force=args.force)
     except (CheckpointError, OSError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 1
-    print(f"wrote {len(manifest['files'])} images ({args.n_per_class} per class: {', '.join(manifest['classes'])}) to {args.out}")
+    print(f"wrote {n_images(manifest)} images ({args.n_per_class} per class: {', '.join(manifest['classes'])}) to {args.out}")
     return 0
 
 

@@ -92,9 +92,10 @@ class SynthModel:
     """A trained generator (EMA weights) loaded from the final model file."""
 
     def __init__(self, encoder: Encoder, decoder: Decoder, image_size: int, class_names: list[str], n_classes: int,
-                 device: torch.device, bf16: bool = True):
+                 device: torch.device, bf16: bool = True, pixel_mm: float | None = None):
         self.encoder, self.decoder, self.image_size = encoder, decoder, image_size
         self.class_names, self.n_classes, self.device, self.bf16 = class_names, n_classes, device, bf16
+        self.pixel_mm = pixel_mm  # in-plane mm per pixel of the training data (None: unknown)
 
     def sample(self, labels, seed: int) -> np.ndarray:
         """(N, S, S) uint8 samples of the given classes, deterministic per seed."""
@@ -126,4 +127,4 @@ class SynthModel:
         decoder = Decoder(stored.model, stored.image_size, stored.n_classes).to(device)
         encoder.load_state_dict(stored.encoder)
         decoder.load_state_dict(stored.decoder)
-        return cls(encoder, decoder, stored.image_size, stored.class_names, stored.n_classes, device, bf16)
+        return cls(encoder, decoder, stored.image_size, stored.class_names, stored.n_classes, device, bf16, stored.pixel_mm)

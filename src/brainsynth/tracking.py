@@ -133,6 +133,18 @@ def pipeline_run(upstream: dict[str, str] | None) -> str:
         return upstream_id
 
 
+def mark_killed(run_id: str, reason: str, tags: dict[str, str] | None = None, only_if_running: bool = False) -> bool:
+    """Close a run that will never finish (its process died, its checkpoint was discarded) as
+    KILLED, with an ``error`` tag saying why. Returns whether it was closed."""
+    client = MlflowClient()
+    if only_if_running and client.get_run(run_id).info.status != "RUNNING":
+        return False
+    for key, value in {**(tags or {}), "error": reason}.items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, "KILLED")
+    return True
+
+
 def close_orphaned_runs(stage: str, keep: str | None = None) -> list[str]:
     """Runs of ``stage`` left RUNNING by a process of this machine that no longer exists (SIGKILL,
     power loss) are marked KILLED; runs of live processes (parallel queued experiments) and of
@@ -150,8 +162,7 @@ def close_orphaned_runs(stage: str, keep: str | None = None) -> list[str]:
         owner_host, _, pid = owner.rpartition(":")
         if run.info.run_id == keep or owner_host != host or not pid.isdigit() or psutil.pid_exists(int(pid)):
             continue
-        client.set_tag(run.info.run_id, "error", f"orphaned: its process {owner} ended without closing it")
-        client.set_terminated(run.info.run_id, "KILLED")
+        mark_killed(run.info.run_id, f"orphaned: its process {owner} ended without closing it")
         closed.append(run.info.run_id)
     return closed
 

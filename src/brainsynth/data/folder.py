@@ -28,6 +28,7 @@ class Decoded:
     subject: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     upsampled: int = 0  # slices whose source was smaller than the target size
+    pixel_mm: float | None = None  # in-plane size of an output pixel (volumes: from the voxel spacing; images: unknown)
 
 
 def is_image_file(path: Path) -> bool:

@@ -47,6 +47,7 @@ class Ingested:
     n_files: int  # every non-hidden file under the root
     skipped: list[tuple[str, str]]  # (path relative to the root, reason)
     upsampled: int
+    pixel_mm: float | None = None  # median in-plane pixel size over the volumes (None for 2-D images: unknown)
 
     def counts(self) -> dict[str, float]:
         """Numbers for metrics/prepare.json: files seen, skipped (total and per reason), upsampled."""
@@ -165,13 +166,15 @@ def ingest(cfg: DataConfig) -> Ingested:
         for result, subject in zip(decoded, subject_ids([result.subject for result in decoded], cfg.subject_pattern)):
             result.subject = subject
 
-    images, labels, subjects_out, upsampled = [], [], [], 0
+    images, labels, subjects_out, upsampled, pixel_sizes = [], [], [], 0, []
     for result, (_, cls) in zip(results, kept):
         skipped.extend(result.skipped)
         upsampled += result.upsampled
         if result.images is None:
             continue
         images.append(result.images)
+        if result.pixel_mm is not None:
+            pixel_sizes.append(result.pixel_mm)
         labels.append(np.full(len(result.images), class_names.index(cls), dtype=np.int64))
         subjects_out.append(np.full(len(result.images), result.subject))
     relative = [(_relative(path, root), reason) for path, reason in skipped]
@@ -179,7 +182,8 @@ def ingest(cfg: DataConfig) -> Ingested:
         examples = ", ".join(f"{p} ({r})" for p, r in relative[:3])
         raise DataError(f"data.source {str(root)!r}: none of {len(files)} files gave a usable slice, e.g. {examples}")
     cohort = Cohort(np.concatenate(images), np.concatenate(labels), np.concatenate(subjects_out), class_names)
-    return Ingested(cohort, kind, len(files), relative, upsampled)
+    pixel_mm = round(float(np.median(pixel_sizes)), 4) if pixel_sizes else None
+    return Ingested(cohort, kind, len(files), relative, upsampled, pixel_mm)
 
 
 def _decode_series(item: tuple[list[Path], str], cfg: DataConfig, size: int) -> Decoded:

@@ -39,6 +39,11 @@ class PreparedData:
     def image_size(self) -> int:
         return int(self.images.shape[-1])
 
+    @property
+    def pixel_mm(self) -> float | None:
+        """In-plane size of a pixel in mm, or None when the source did not say (2-D images)."""
+        return self.meta.get("pixel_mm")
+
 
 def save(directory: Path, images: np.ndarray, labels: np.ndarray, subjects: np.ndarray, splits: np.ndarray, meta: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def is_dicom(path: Path) -> bool:
 
 def planes_to_images(planes: np.ndarray, row_mm: float, col_mm: float, cfg: VolumeConfig, size: int) -> tuple[np.ndarray | None, str, int]:
     """(n, H, W) raw intensities in display orientation → ((k, size, size) uint8, '', n_upsampled),
-    or (None, reason, 0) when nothing usable is in it."""
+    or (None, reason, 0) when nothing usable is in it. The output pixel is ``output_pixel_mm`` wide."""
     planes = np.nan_to_num(planes.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = np.percentile(planes, cfg.intensity_percentiles)
     if not hi > lo:
@@ -59,6 +59,11 @@ def planes_to_images(planes: np.ndarray, row_mm: float, col_mm: float, cfg: Volu
     images = np.stack([fit_square(Image.fromarray(np.round(normalised[k] * 255).astype(np.uint8)), size, physical) for k in keep])
     upsampled = len(keep) if max(height, width) < size else 0
     return images, "", upsampled
+
+
+def output_pixel_mm(height: int, width: int, row_mm: float, col_mm: float, size: int) -> float:
+    """In-plane size (mm) of one output pixel: ``fit_square`` scales the longer physical side to ``size``."""
+    return max(height * row_mm, width * col_mm) / size
 
 
 def decode_nifti(path: Path, cfg: VolumeConfig, size: int) -> Decoded:
@@ -87,10 +92,12 @@ def decode_nifti(path: Path, cfg: VolumeConfig, size: int) -> Decoded:
     axis = cfg.slice_axis
     in_plane = [a for a in range(3) if a != axis]
     planes = np.rot90(np.moveaxis(volume, axis, 0), axes=(1, 2))
-    images, reason, upsampled = planes_to_images(planes, row_mm=spacing[in_plane[1]], col_mm=spacing[in_plane[0]], cfg=cfg, size=size)
+    row_mm, col_mm = spacing[in_plane[1]], spacing[in_plane[0]]
+    images, reason, upsampled = planes_to_images(planes, row_mm=row_mm, col_mm=col_mm, cfg=cfg, size=size)
     if images is None:
         return Decoded(skipped=[(str(path), reason)])
-    return Decoded(images=images, upsampled=upsampled)  # the subject comes from its path (ingest)
+    pixel_mm = output_pixel_mm(*planes.shape[1:], row_mm, col_mm, size)
+    return Decoded(images=images, upsampled=upsampled, pixel_mm=pixel_mm)  # the subject comes from its path (ingest)
 
 
 def _slice_position(ds, fallback: int) -> float:
@@ -153,4 +160,5 @@ def decode_dicom_series(files: list[Path], series_name: str, cfg: VolumeConfig, 
     images, reason, upsampled = planes_to_images(planes, row_mm=spacing[0], col_mm=spacing[1], cfg=cfg, size=size)
     if images is None:
         return Decoded(skipped=skipped + [(path, reason) for path in sorted({item[2] for item in slices})])
-    return Decoded(images=images, subject=subject or series_name, skipped=skipped, upsampled=upsampled)
+    return Decoded(images=images, subject=subject or series_name, skipped=skipped, upsampled=upsampled,
+                   pixel_mm=output_pixel_mm(*planes.shape[1:], spacing[0], spacing[1], size))

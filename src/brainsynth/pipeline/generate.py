@@ -12,8 +12,8 @@ import mlflow
 
 from brainsynth.config import Config
 from brainsynth.device import resolve_device
-from brainsynth.export import export
-from brainsynth.files import atomic_dir, digest
+from brainsynth.export import export, n_images
+from brainsynth.files import atomic_dir
 from brainsynth.inference import SynthModel
 from brainsynth.paths import MODEL_FILE, SYNTHETIC_DIR
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
@@ -29,10 +29,10 @@ def run(cfg: Config, log: logging.Logger) -> None:
             log.info("generate.enabled is false: nothing generated (dvc exp run -S generate.enabled=true to export)")
             return
         model = SynthModel.load(MODEL_FILE, resolve_device(cfg.train.device), cfg.train.bf16)
-        manifest = export(model, SYNTHETIC_DIR, cfg.generate.n_per_class, cfg.seed, cfg.generate.nifti, str(MODEL_FILE), digest(MODEL_FILE), force=True)  # a DVC output
+        manifest = export(model, SYNTHETIC_DIR, cfg.generate.n_per_class, cfg.seed, cfg.generate.nifti, str(MODEL_FILE), MODEL_FILE, force=True)  # a DVC output
         seconds = time.perf_counter() - started
-        metrics = {"enabled": 1, "n_images": len(manifest["files"]), "seconds": round(seconds, 2)}
+        metrics = {"enabled": 1, "n_images": n_images(manifest), "seconds": round(seconds, 2)}
         write_metrics("generate", {"generate": {"n_images": metrics["n_images"]}})
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(SYNTHETIC_DIR / "manifest.json"))
-        log.info("wrote %d synthetic slices to %s in %.1fs", len(manifest["files"]), SYNTHETIC_DIR, seconds)
+        log.info("wrote %d synthetic slices to %s in %.1fs", n_images(manifest), SYNTHETIC_DIR, seconds)

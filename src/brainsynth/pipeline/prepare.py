@@ -89,6 +89,8 @@ def run(cfg: Config, log: logging.Logger) -> None:
             "source": source,
             "format": ingested.kind if ingested else "embedded",
             "image_size": cfg.data.image_size,
+            # in-plane mm per pixel: the export writes it into NIfTI headers (None: 2-D images carry no spacing)
+            "pixel_mm": ingested.pixel_mm if ingested else round(cfg.data.embedded.field_of_view_mm / cfg.data.image_size, 4),
             "class_names": cohort.class_names,
             "counts": counts,
             "files": file_counts,

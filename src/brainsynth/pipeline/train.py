@@ -28,7 +28,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from brainsynth import distributed, tracking
@@ -46,6 +45,7 @@ from brainsynth.viz import class_grid, training_curves
 
 HISTORY_FILE = "history.csv"  # per-epoch training losses (dvc plots)
 VAL_HISTORY_FILE = "val_history.csv"  # validation scores at the epochs they were computed (dvc plots)
+STEP_HISTORY_FILE = "step_history.csv"  # loss means over windows of train.log_every steps (step and fractional epoch)
 _NOT_FINGERPRINTED = ("train.epochs", "train.log_every", "train.sample_every", "train.keep", "mlflow.", "evaluate.", "tune.", "generate.")
 
 
@@ -56,19 +56,22 @@ def fingerprint(cfg: Config) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def write_history(history: list[dict[str, float]], val_history: list[dict], folder: Path) -> None:
+def write_history(history: list[dict[str, float]], val_history: list[dict], step_history: list[dict], folder: Path) -> None:
     """Training curves as CSV files DVC renders with ``dvc plots show/diff``."""
-    for name, rows in ((HISTORY_FILE, [{"epoch": i + 1, **row} for i, row in enumerate(history)]), (VAL_HISTORY_FILE, val_history)):
+    for name, rows in ((HISTORY_FILE, [{"epoch": i + 1, **row} for i, row in enumerate(history)]), (VAL_HISTORY_FILE, val_history),
+                       (STEP_HISTORY_FILE, step_history)):
         with open(folder / name, "w", newline="") as handle:
             if rows:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                columns = list(dict.fromkeys(key for row in rows for key in row))  # a term may start later (warm-up)
+                writer = csv.DictWriter(handle, fieldnames=columns, restval="")
                 writer.writeheader()
                 writer.writerows(rows)
 
 
-def save_ema_model(path: Path, trainer: Trainer, cfg: Config, class_names: list[str]) -> None:
+def save_ema_model(path: Path, trainer: Trainer, cfg: Config, data: prepared.PreparedData) -> None:
     model = trainer.model
-    save_model_file(path, cfg.model, trainer.image_size, model.n_classes, class_names, model.ema_encoder, model.ema_decoder)
+    save_model_file(path, cfg.model, trainer.image_size, model.n_classes, data.class_names, model.ema_encoder, model.ema_decoder,
+                    pixel_mm=data.pixel_mm)
 
 
 def check_tuned_for(cfg: Config) -> None:
@@ -92,11 +95,8 @@ def close_abandoned_run(run_id: str | None, log: logging.Logger) -> None:
     mark it KILLED (as tune does for stale trials) instead of leaving it RUNNING forever."""
     if not run_id:
         return
-    client = MlflowClient()
     try:
-        if client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, "KILLED")
-            client.set_tag(run_id, "error", "abandoned: its checkpoint belonged to another config or data")
+        if tracking.mark_killed(run_id, "abandoned: its checkpoint belonged to another config or data", only_if_running=True):
             log.info("marked the abandoned training run %s KILLED", run_id)
     except Exception:  # the run may live in another tracking store
         pass
@@ -121,6 +121,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
     resume_run_id = None
     best = {"value": float("inf"), "epoch": 0}
     val_history: list[dict] = []
+    step_history: list[dict] = []  # windows of train.log_every steps: models/train/step_history.csv, not MLflow metrics (one axis there: epoch)
     if RESUME_CHECKPOINT.is_file():
         try:
             state = load_safe(RESUME_CHECKPOINT)
@@ -132,6 +133,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
             resume_run_id = state.get("mlflow_run_id") or None
             best = {"value": float(state.get("best_value", float("inf"))), "epoch": int(state.get("best_epoch", 0))}
             val_history = list(state.get("val_history", []))
+            step_history = list(state.get("step_history", []))
             log.info("resuming from %s at epoch %d (mlflow run %s)", RESUME_CHECKPOINT, trainer.epoch, resume_run_id)
         elif state is not None:
             log.info("resume checkpoint %s belongs to another config or data: starting fresh", RESUME_CHECKPOINT)
@@ -157,7 +159,8 @@ def run(cfg: Config, log: logging.Logger) -> None:
         started, first_epoch = time.perf_counter(), trainer.epoch
         staging_figures = Path("logs/train_samples")
         for _ in range(trainer.epoch, cfg.train.epochs):
-            stats = trainer.train_epoch(on_log=lambda step, means: mlflow.log_metrics({f"step_{k}": v for k, v in means.items()}, step=step),
+            stats = trainer.train_epoch(on_log=lambda step, means: step_history.append(
+                                            {"step": step, "epoch": round(step / trainer.steps_per_epoch, 3), **means}),
                                         progress=f"epoch {trainer.epoch + 1}/{cfg.train.epochs}")
             epoch_metrics = {**{f"train_{k}": v for k, v in stats.computed_losses().items()}, "images_per_second": stats.images_per_second,
                              "epoch_seconds": stats.seconds}
@@ -171,21 +174,21 @@ def run(cfg: Config, log: logging.Logger) -> None:
                     mlflow.log_image(np.asarray(grid.convert("RGB")), key="samples", step=stats.epoch)
                 if scores["val_objective"] < best["value"]:
                     best = {"value": scores["val_objective"], "epoch": stats.epoch}
-                    save_ema_model(BEST_CHECKPOINT, trainer, cfg, data.class_names)
+                    save_ema_model(BEST_CHECKPOINT, trainer, cfg, data)
                     log.info("new best val_objective %.3f at epoch %d", best["value"], stats.epoch)
             mlflow.log_metrics(epoch_metrics, step=stats.epoch)
             remaining = (time.perf_counter() - started) / (stats.epoch - first_epoch) * (cfg.train.epochs - stats.epoch)
             log.info("epoch %d/%d %.1fs (%.0f img/s, about %.0f min left): %s", stats.epoch, cfg.train.epochs, stats.seconds,
                      stats.images_per_second, remaining / 60, ", ".join(f"{k}={v:.4f}" for k, v in stats.computed_losses().items()))
             save_training_state(trainer, RESUME_CHECKPOINT, {"fingerprint": print_fp, "mlflow_run_id": run_id, "best_value": best["value"],
-                                              "best_epoch": best["epoch"], "val_history": val_history})
+                                              "best_epoch": best["epoch"], "val_history": val_history, "step_history": step_history})
 
         kept_epoch = keep_model(trainer, cfg, best, log)
         with atomic_dir(TRAIN_DIR) as staging:
-            save_ema_model(staging / MODEL_FILE.name, trainer, cfg, data.class_names)
+            save_ema_model(staging / MODEL_FILE.name, trainer, cfg, data)
             class_grid(trainer.sample, data.class_names, 10, cfg.seed, staging / "samples.png",
                        f"samples of the kept model (EMA decoder, epoch {kept_epoch} of {cfg.train.epochs})")
-            write_history(trainer.history, val_history, staging)
+            write_history(trainer.history, val_history, step_history, staging)
             training_curves(trainer.history, val_history, staging / "training_curves.png")
             write_json_atomic(staging / "meta.json", {"epochs": cfg.train.epochs, "kept_epoch": kept_epoch, "keep": cfg.train.keep,
                                                      "device": str(trainer.device), "tuned_params": tuned, "fingerprint": print_fp})
@@ -198,16 +201,22 @@ def run(cfg: Config, log: logging.Logger) -> None:
                             **({"best_val_objective": best["value"]} if best["epoch"] else {})})
         for figure in ("samples.png", "training_curves.png"):
             mlflow.log_artifact(str(TRAIN_DIR / figure), artifact_path="figures")
-        mlflow.log_artifact(str(MODEL_FILE), artifact_path="model")
+        for curve in (HISTORY_FILE, VAL_HISTORY_FILE, STEP_HISTORY_FILE):
+            mlflow.log_artifact(str(TRAIN_DIR / curve), artifact_path="curves")
+        # The model file goes to MLflow once, inside the pyfunc (runs:/<run id>/generator): no second
+        # copy of the weights as a plain run artifact.
+        description = (f"Trained by MLflow run {run_id} (train stage): epoch {kept_epoch} of {cfg.train.epochs} kept "
+                       f"(train.keep = {cfg.train.keep}), {len(train_images)} training slices, "
+                       f"{len(data.class_names)} classes ({', '.join(data.class_names)}), {trainer.image_size}² px. "
+                       f"evaluate adds its metrics as eval.* tags.")
+        version_tags = {"data_hash": tracking.prepared_data_hash(PREPARED_DIR), "train_run_id": run_id,
+                        "pipeline_run": mlflow.get_run(run_id).data.tags.get(tracking.PIPELINE_RUN_TAG, "")}
+        uri = log_generator(MODEL_FILE, cfg.mlflow.registered_model, description, version_tags)
+        mlflow.set_tag("model_uri", uri)
         if cfg.mlflow.registered_model:
-            description = (f"Trained by MLflow run {run_id} (train stage): epoch {kept_epoch} of {cfg.train.epochs} kept "
-                           f"(train.keep = {cfg.train.keep}), {len(train_images)} training slices, "
-                           f"{len(data.class_names)} classes ({', '.join(data.class_names)}), {trainer.image_size}² px. "
-                           f"evaluate adds its metrics as eval.* tags.")
-            version_tags = {"data_hash": tracking.prepared_data_hash(PREPARED_DIR), "train_run_id": run_id,
-                            "pipeline_run": mlflow.get_run(run_id).data.tags.get(tracking.PIPELINE_RUN_TAG, "")}
-            uri = log_generator(MODEL_FILE, cfg.mlflow.registered_model, description, version_tags)
             log.info("registered %s as MLflow model %r (pyfunc: predict({'n': 8, 'class': 0, 'seed': 0}))", uri, cfg.mlflow.registered_model)
+        else:
+            log.info("logged the model as %s (runs:/%s/generator; mlflow.registered_model is empty: not registered)", uri, run_id)
         RESUME_CHECKPOINT.unlink(missing_ok=True)
         BEST_CHECKPOINT.unlink(missing_ok=True)
         log.info("model (epoch %d, train.keep = %s) written to %s", kept_epoch, cfg.train.keep, MODEL_FILE)

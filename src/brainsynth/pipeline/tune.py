@@ -105,10 +105,7 @@ def close_stale_trial_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) 
     log.warning("trial %d lost its worker %s: marked FAIL", trial.number, trial.user_attrs.get("worker", "?"))
     if run_id:
         try:
-            client = MlflowClient()
-            client.set_tag(run_id, "optuna_state", "FAIL")
-            client.set_tag(run_id, "error", "its worker stopped beating (killed or lost)")
-            client.set_terminated(run_id, "KILLED")
+            tracking.mark_killed(run_id, "its worker stopped beating (killed or lost)", tags={"optuna_state": "FAIL"})
         except Exception as err:  # the run may live in another tracking store
             log.warning("could not close the MLflow run %s of trial %d: %s", run_id, trial.number, err)
 
@@ -181,7 +178,7 @@ def fail_stale_trials(study: optuna.Study, cfg: Config) -> int:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             try:
-                MlflowClient().set_terminated(run_id, "KILLED")
+                tracking.mark_killed(run_id, "its tune stage was killed while the trial ran", tags={"optuna_state": "FAIL"})
             except Exception:  # the run may live in another tracking store
                 pass
     return len(stale)
