@@ -39,3 +39,10 @@ def test_stages_do_not_import_each_other():
     for stage in STAGES:
         others = {f"src/brainsynth/pipeline/{o}.py" for o in STAGES if o != stage}
         assert not imported_files(stage) & others, stage
+
+
+def test_the_evaluate_metrics_lead_dvc_exp_show():
+    """#15: DVC orders metric columns by the stages' order in dvc.yaml; evaluate's quality metrics come first."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    with_metrics = [name for name, stage in stages.items() if stage.get("metrics")]
+    assert with_metrics[0] == "evaluate", with_metrics

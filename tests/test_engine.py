@@ -194,3 +194,12 @@ def test_validation_swd_uses_the_same_settings_as_the_test_swd(tiny_cfg, tiny_im
     samples = trainer.sample(labels[pick], cfg.seed)
     assert scores["val_swd"] == metrics.swd(images[pick], samples, cfg.seed, 24, 40)["swd"]
     assert scores["val_swd"] != metrics.swd(images[pick], samples, cfg.seed, 64, 256)["swd"]
+
+
+def test_the_time_left_follows_the_recent_epochs_not_the_cheap_first_one():
+    """The first epoch runs without the critic (cheaper): the estimate uses the recent epochs."""
+    from brainsynth.pipeline.train import estimate_remaining
+
+    ends = [0.0, 25.0, 78.0, 132.0, 186.0]  # 25 s, then 53–54 s per epoch
+    assert estimate_remaining(ends, 11) == pytest.approx((186.0 - 25.0) / 3 * 11)
+    assert estimate_remaining([0.0, 30.0], 2) == 60.0  # one epoch so far: its time

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from brainsynth import tracking
-from brainsynth.headline import flattened, headline
+from brainsynth.headline import flattened, grouped, headline
 from helpers import REPO, repo_config
 
 
@@ -57,6 +57,18 @@ def test_headline_is_a_few_lines_with_directions_and_references():
     assert f"chance {metrics['chance_balanced_accuracy']:.3f}" in text and "↑" in text
     no_utility = {k: v for k, v in metrics.items() if not k.startswith(("trtr", "tstr", "augment"))}
     assert "utility" not in "\n".join(headline(no_utility))  # evaluate.utility_epochs: 0 leaves the line out
+
+
+def test_grouped_metrics_lead_with_the_headline_numbers():
+    """#15: `dvc exp show` shows the keys in file order: each group opens with its headline number
+    and reference (swd before its per-scale and per-class values)."""
+    metrics = flattened(json.loads((REPO / "metrics" / "evaluate.json").read_text()))
+    groups = grouped(metrics)
+    assert list(groups["realism"])[:4] == ["swd", "swd_real_baseline", "feature_fd", "feature_fd_real"]
+    assert list(groups["anatomy"])[0] == "morph_distance_ratio"
+    assert list(groups["utility"])[:2] == ["tstr_ratio", "augment_gain_mean"]
+    assert list(groups["reconstruction"])[0] == "recon_psnr"
+    assert flattened(groups) == {k: v for k, v in metrics.items()}  # nothing lost or renamed
 
 
 def test_serving_defines_its_model_without_mlflows_type_hint_warning():

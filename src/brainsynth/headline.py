@@ -28,12 +28,22 @@ GROUPS = (
     ("memorization", ("memorization_", "nn_")),
 )
 NOT_METRICS = ("n_images", "seconds")  # counts and timings: the log and MLflow only
+# Inside each group these come first, in this order (the headline numbers and their references:
+# the first columns of `dvc exp show`); per-scale and per-class details follow alphabetically.
+LEADING = ("swd", "swd_real_baseline", "feature_fd", "feature_fd_real", "fid", "kid",
+           "morph_distance_ratio",
+           "feature_precision", "feature_precision_real", "feature_recall", "feature_recall_real",
+           "tstr_ratio", "augment_gain_mean", "augment_gain_std", "trtr_balanced_accuracy_mean", "tstr_balanced_accuracy_mean",
+           "augmented_balanced_accuracy_mean", "gan_test_balanced_accuracy", "chance_balanced_accuracy",
+           "ms_ssim_samples", "ms_ssim_real",
+           "recon_psnr", "recon_ssim", "recon_class_balanced_accuracy",
+           "memorization_rate", "nn_ratio")
 
 
 def grouped(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
     """Flat evaluate metrics → {group: {key: value}} (keys unchanged; unknown keys under "other")."""
     out: dict[str, dict[str, float]] = {name: {} for name, _ in GROUPS}
-    for key in sorted(metrics):
+    for key in sorted(metrics, key=lambda k: (LEADING.index(k) if k in LEADING else len(LEADING), k)):
         if key in NOT_METRICS:
             continue
         group = next((name for name, prefixes in GROUPS if key.startswith(prefixes)), "other")

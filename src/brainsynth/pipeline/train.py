@@ -156,7 +156,8 @@ def run(cfg: Config, log: logging.Logger) -> None:
         run_id = run_info.info.run_id
         if resume_run_id is None:
             tracking.log_dataset(train_images, train_labels, PREPARED_DIR, "training")
-        started, first_epoch = time.perf_counter(), trainer.epoch
+        started = time.perf_counter()
+        epoch_ends = [started]  # wall clock at each epoch's end, validation included
         staging_figures = Path("logs/train_samples")
         for _ in range(trainer.epoch, cfg.train.epochs):
             stats = trainer.train_epoch(on_log=lambda step, means: step_history.append(
@@ -177,7 +178,8 @@ def run(cfg: Config, log: logging.Logger) -> None:
                     save_ema_model(BEST_CHECKPOINT, trainer, cfg, data)
                     log.info("new best val_objective %.3f at epoch %d", best["value"], stats.epoch)
             mlflow.log_metrics(epoch_metrics, step=stats.epoch)
-            remaining = (time.perf_counter() - started) / (stats.epoch - first_epoch) * (cfg.train.epochs - stats.epoch)
+            epoch_ends.append(time.perf_counter())
+            remaining = estimate_remaining(epoch_ends, cfg.train.epochs - stats.epoch)
             log.info("epoch %d/%d %.1fs (%.0f img/s, about %.0f min left): %s", stats.epoch, cfg.train.epochs, stats.seconds,
                      stats.images_per_second, remaining / 60, ", ".join(f"{k}={v:.4f}" for k, v in stats.computed_losses().items()))
             save_training_state(trainer, RESUME_CHECKPOINT, {"fingerprint": print_fp, "mlflow_run_id": run_id, "best_value": best["value"],
@@ -221,6 +223,14 @@ def run(cfg: Config, log: logging.Logger) -> None:
         BEST_CHECKPOINT.unlink(missing_ok=True)
         log.info("model (epoch %d, train.keep = %s) written to %s", kept_epoch, cfg.train.keep, MODEL_FILE)
     distributed.shutdown(world)
+
+
+def estimate_remaining(epoch_ends: list[float], epochs_left: int, window: int = 3) -> float:
+    """Seconds left: the mean wall time of the last ``window`` epochs × the epochs left. Not the
+    mean since the start, because the first epochs run without the critic (loss.adv_start_epoch)
+    and are cheaper: that mean promised 8 minutes where 10 were left."""
+    recent = epoch_ends[-(window + 1):]
+    return (recent[-1] - recent[0]) / max(1, len(recent) - 1) * epochs_left
 
 
 def keep_model(trainer: Trainer, cfg: Config, best: dict, log: logging.Logger) -> int:
