@@ -104,8 +104,8 @@ def test_runs_describe_themselves_and_group_by_pipeline(pipeline):
     assert stages["prepare"].data.tags["pipeline_run"] == stages["prepare"].info.run_id
     evaluate = stages["evaluate"].data.tags["mlflow.note.content"]
     assert "swd" in evaluate and "real-vs-real" in evaluate and "balanced accuracy" in evaluate
-    assert f"/runs/{stages['train'].info.run_id})" in evaluate  # a link to the train run
-    assert f"/runs/{stages['tune'].info.run_id})" in stages["train"].data.tags["mlflow.note.content"]
+    assert f"/runs/{stages['train'].info.run_id}?workflowType=machine_learning)" in evaluate  # a link to the train run
+    assert f"/runs/{stages['tune'].info.run_id}?workflowType=machine_learning)" in stages["train"].data.tags["mlflow.note.content"]
     assert all(r.data.tags.get("process") for r in stages.values())
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]["prepare"]["outs"]
     data_hash = next(o["md5"] for o in lock if o["path"] == "data/prepared")

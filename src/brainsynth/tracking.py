@@ -109,14 +109,15 @@ def process_id() -> str:
 
 def describe(stage: str, upstream: dict[str, str] | None = None, body: str = "") -> str:
     """A run's markdown description: what the stage does, its own headline (``body``), and a
-    link to the upstream run (relative: the MLflow UI resolves it in the same experiment)."""
+    link to the upstream run (relative: the MLflow UI resolves it in the same experiment; without
+    ``workflowType`` MLflow 3 opens a run in its GenAI view, which hides datasets and models)."""
     parts = [STAGE_DESCRIPTIONS.get(stage, stage)]
     if body:
         parts.append(body)
     upstream_id = (upstream or {}).get("upstream_run_id")
     if upstream_id and _experiment_id:
         parts.append(f"Upstream: [{upstream.get('upstream_stage', 'run')} run {upstream_id[:8]}]"
-                     f"(#/experiments/{_experiment_id}/runs/{upstream_id})")
+                     f"(#/experiments/{_experiment_id}/runs/{upstream_id}?workflowType=machine_learning)")
     return "\n\n".join(parts)
 
 
