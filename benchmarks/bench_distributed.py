@@ -32,7 +32,8 @@ def worker(args) -> None:
     from brainsynth.config import load
     from brainsynth.data.embedded import build_cohort
     from brainsynth.device import resolve_device
-    from brainsynth.engine import LossMeter, Trainer
+    from brainsynth.engine import Trainer
+    from brainsynth.meters import LossMeter
 
     world = distributed.world_from_env()
     cuda = resolve_device("auto").type == "cuda"

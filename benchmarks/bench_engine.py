@@ -29,7 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from brainsynth.config import Config, load
 from brainsynth.data.embedded import build_cohort
-from brainsynth.engine import LossMeter, Trainer
+from brainsynth.engine import Trainer
+from brainsynth.meters import LossMeter
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,6 +29,7 @@ from scipy.stats import spearmanr
 from brainsynth.config import Config, load
 from brainsynth.data import prepared
 from brainsynth.engine import DivergenceError, Trainer
+from brainsynth.loop import fit
 from brainsynth.objective import validation_metrics
 from brainsynth.paths import PREPARED_DIR
 from brainsynth.pipeline.tune import trial_data
@@ -40,11 +41,10 @@ REPO = Path(__file__).resolve().parents[1]
 def score(cfg: Config, images, labels, val_images, val_labels, n_classes: int) -> float:
     trainer = Trainer(cfg, images, labels, n_classes)
     try:
-        for _ in range(cfg.train.epochs):
-            trainer.train_epoch()
+        state = fit(trainer, cfg.train.epochs, lambda t: validation_metrics(t, val_images, val_labels, cfg), every=cfg.train.epochs)
     except DivergenceError:
         return float("inf")
-    return validation_metrics(trainer, val_images, val_labels, cfg)["val_objective"]
+    return state.val_history[-1]["val_objective"]
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from brainsynth.data import prepared
 from brainsynth.data.embedded import build_cohort
 from brainsynth.data.splits import split_by_subject, subsample_train_subjects
 from brainsynth.device import resolve_device
+from brainsynth.loop import EpochResult, RunState, fit
 from brainsynth.downstream import class_scores, penultimate_features, train_classifier
 from brainsynth.engine import Trainer
 from brainsynth.inference import predict_classes
@@ -64,7 +65,7 @@ def main() -> None:
     splits, names = load_split(cfg, rebuild=any(k.startswith("data.") for k in cfg_overrides))
     (tx, ty), (sx, sy) = splits["train"], splits["test"]
     device = resolve_device(cfg.train.device)  # CUDA when there is one (train.device: auto)
-    reference = train_classifier(tx, ty, len(names), cfg.evaluate.utility_epochs, cfg.seed, device)
+    reference = train_classifier(tx, ty, len(names), cfg.evaluate.utility_epochs, cfg.seed, device, cfg.evaluate.classifier)
     real_features = penultimate_features(reference, sx)
     rr = M.precision_recall(penultimate_features(reference, tx[: len(sx)]), real_features)
     csf_train, csf_test = M.csf_fraction(tx), M.csf_fraction(sx)
@@ -74,14 +75,15 @@ def main() -> None:
           f"morph {morph_rr:.4f}", flush=True)
     trainer = Trainer(cfg, tx, ty, len(names), device)
     rows, started = [], time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        trainer.train_epoch()
+
+    def score(result: EpochResult, _: RunState) -> None:
+        epoch = result.stats.epoch
         if epoch % args.eval_every and epoch != epochs:
-            continue
+            return
         samples = trainer.sample(sy, cfg.seed + 1)
         recon = trainer.reconstruct(sx, sy)
         synthetic = trainer.sample(ty, cfg.seed + 3)
-        tstr = train_classifier(synthetic, ty, len(names), cfg.evaluate.utility_epochs, cfg.seed, device)
+        tstr = train_classifier(synthetic, ty, len(names), cfg.evaluate.utility_epochs, cfg.seed, device, cfg.evaluate.classifier)
         csf_fake = M.csf_fraction(samples)
         pr = M.precision_recall(real_features, penultimate_features(reference, samples))
         row = {
@@ -98,6 +100,8 @@ def main() -> None:
         }
         rows.append(row)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+    fit(trainer, epochs, on_epoch=score)
     if args.out:
         Path(args.out).write_text(json.dumps({"overrides": cfg_overrides, "rows": rows}, indent=1))
 

@@ -22,12 +22,14 @@ import torch
 from scipy import ndimage
 
 from brainsynth import metrics
+from brainsynth.config import load
 from brainsynth.data import prepared
 from brainsynth.downstream import class_scores, train_classifier
 from brainsynth.inference import SynthModel, predict_classes, to_uint8, unit_batches
 from brainsynth.paths import MODEL_FILE, PREPARED_DIR
 
 EPOCHS = 8
+RECIPE = load("params.yaml").evaluate.classifier  # the downstream classifier evaluate uses
 
 
 def balanced(classifier, images, labels) -> float:
@@ -72,14 +74,14 @@ def main() -> None:
     (tx, ty), (sx, sy) = data.split("train"), data.split("test")
     k = len(data.class_names)
     device = torch.device("cpu")
-    reference = train_classifier(tx, ty, k, EPOCHS, 0, device)
+    reference = train_classifier(tx, ty, k, EPOCHS, 0, device, RECIPE)
     print(f"chance {1 / k:.3f}; real-trained classifier on real test slices: {balanced(reference, sx, sy):.3f}")
     for sigma in (0.5, 1.0, 1.5):
         print(f"  on test slices blurred σ={sigma}: {balanced(reference, blurred(sx, sigma), sy):.3f}")
     median = np.stack([ndimage.median_filter(i, 3) for i in sx])
     print(f"  on test slices denoised (3×3 median): {balanced(reference, median, sy):.3f}")
     for sigma in (1.0, 2.0):
-        coarse = train_classifier(blurred(tx, sigma), ty, k, EPOCHS, 0, device)
+        coarse = train_classifier(blurred(tx, sigma), ty, k, EPOCHS, 0, device, RECIPE)
         print(f"classifier trained and tested on slices blurred σ={sigma}: {balanced(coarse, blurred(sx, sigma), sy):.3f}")
     prior = model.sample(ty, 1)
     posterior = class_gaussian_samples(model, tx, ty, 1)
@@ -87,7 +89,7 @@ def main() -> None:
     print(f"real slices' background noise σ: median {np.median(sigmas):.2f} grey levels")
     noisy = with_rician_noise(prior, sigmas, np.random.default_rng(0))
     for name, images in (("N(0, I) prior", prior), ("per-class Gaussian on μ", posterior), ("N(0, I) prior + Rician noise", noisy)):
-        tstr = train_classifier(images, ty, k, EPOCHS, 0, device)
+        tstr = train_classifier(images, ty, k, EPOCHS, 0, device, RECIPE)
         print(f"samples from {name}: TSTR {balanced(tstr, sx, sy):.3f}, GAN-test {balanced(reference, images, ty):.3f}")
 
 

@@ -98,7 +98,7 @@ def test_reads_are_recorded_by_key_path():
     finally:
         import brainsynth.config as config_module
 
-        config_module._reads = None
+        config_module.reads._reads = None
     assert reads == {"train.epochs", "data.volume.slice_axis", "optim.lr"}
 
 

@@ -39,9 +39,10 @@ def test_adversarial_epoch_runs_and_reports_all_losses(tiny_cfg, tiny_images, ov
     assert stats.epoch == 1 and trainer.step == trainer.steps_per_epoch
     assert all(np.isfinite(v) for v in stats.losses.values())
     assert stats.losses["critic"] != 0 and stats.losses["adv_g"] != 0
-    if trainer.cfg.loss.gan == "wgan-gp":
+    if trainer.loss.gan == "wgan-gp":
         assert stats.losses["gp"] > 0
-    with_classifier = trainer.cfg.loss.class_weight > 0
+    assert ("feature" in stats.reported) == (trainer.loss.feature_weight > 0)  # the Larsen term is reported on its own
+    with_classifier = trainer.loss.class_weight > 0
     assert (trainer.model.classifier is not None) == with_classifier
     assert (stats.losses["cls_g"] > 0) == with_classifier and (stats.losses["cls_real"] > 0) == with_classifier
     samples = trainer.sample(np.array([0, 1, 2]), seed=1)
@@ -173,11 +174,14 @@ def test_model_api_shapes(tiny_cfg):
 
     model = model_for(tiny_cfg, 32, 3)
     x, y = torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 0])
-    mu, logvar = model.encode(x, y)
+    mu, logvar = model.vae.encode(x, y)
     assert mu.shape == logvar.shape == (4, tiny_cfg.model.latent_dim)
-    recon, _, _ = model.reconstruct(x, y)
+    model.eval()
+    recon = model.vae.reconstruct(x, y)
     assert recon.shape == x.shape and recon.abs().max() <= 1
-    assert model.sample(5, torch.tensor([0, 1, 2, 0, 1])).shape == (5, 1, 32, 32)
+    assert torch.equal(recon, model.vae.reconstruct(x, y))  # the posterior mean: deterministic
+    assert torch.equal(recon, model.vae.decode(mu, y))
+    assert model.vae.sample(torch.randn(5, tiny_cfg.model.latent_dim), torch.tensor([0, 1, 2, 0, 1])).shape == (5, 1, 32, 32)
 
 
 def test_validation_swd_uses_the_same_settings_as_the_test_swd(tiny_cfg, tiny_images):

@@ -114,7 +114,10 @@ def test_tstr_classifier_learns_a_class_signal():
     radius = np.where(labels, 11, 7)[:, None, None] + rng.normal(0, 0.7, (300, 1, 1))  # class = disc size
     discs = ((yy - 16) ** 2 + (xx - 16) ** 2 < radius**2) * 180.0
     images = np.clip(discs + rng.normal(0, 25, (300, 32, 32)), 0, 255).astype(np.uint8)
-    classifier = train_classifier(images[:240], labels[:240], 2, epochs=15, seed=0, device=torch.device("cpu"))
+    from helpers import repo_config
+
+    classifier = train_classifier(images[:240], labels[:240], 2, epochs=15, seed=0, device=torch.device("cpu"),
+                                  recipe=repo_config().evaluate.classifier)
     assert accuracy(classifier, images[240:], labels[240:]) > 0.85
     # Grading images against the wrong intended class (what gan_test_accuracy catches) scores low.
     assert accuracy(classifier, images[240:], 1 - labels[240:]) < 0.15

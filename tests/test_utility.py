@@ -82,7 +82,7 @@ def test_utility_on_a_toy_task_with_known_answers():
     train_x, test_x = _blobs(train_y, rng), _blobs(test_y, rng)
     faithful = lambda labels, seed: _blobs(np.asarray(labels), np.random.default_rng(seed))  # noqa: E731
     swapped = lambda labels, seed: _blobs(1 - np.asarray(labels), np.random.default_rng(seed))  # noqa: E731
-    kwargs = dict(n_classes=2, epochs=10, device=torch.device("cpu"))
+    kwargs = dict(n_classes=2, epochs=10, device=torch.device("cpu"), recipe=repo_config().evaluate.classifier)
     good = utility(train_x, train_y, faithful, test_x, test_y, seeds=[0, 1], synthetic_per_real=1.0, **kwargs).summary()
     # Twice as many wrong synthetic slices as real ones outvote the real labels.
     bad = utility(train_x, train_y, swapped, test_x, test_y, seeds=[0], synthetic_per_real=2.0, **kwargs).summary()
@@ -167,5 +167,5 @@ def test_a_small_cohort_still_gets_a_trained_classifier():
     train_y, test_y = rng.integers(0, 2, 48), rng.integers(0, 2, 64)  # one batch per epoch
     faithful = lambda labels, seed: _blobs(np.asarray(labels), np.random.default_rng(seed))  # noqa: E731
     out = utility(_blobs(train_y, rng), train_y, faithful, _blobs(test_y, rng), test_y, n_classes=2, epochs=2, seeds=[0],
-                  synthetic_per_real=0.0, device=torch.device("cpu")).summary()
+                  synthetic_per_real=0.0, device=torch.device("cpu"), recipe=repo_config().evaluate.classifier).summary()
     assert out["trtr_balanced_accuracy_mean"] > 0.9 and out["tstr_balanced_accuracy_mean"] > 0.9

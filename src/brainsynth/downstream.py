@@ -9,7 +9,7 @@ A slice classifier is trained, for each of several seeds, on
   classes, which is how a data-poor study would use them: to fill its rare classes),
 
 all trained for the same number of updates (``epochs`` passes over the real slices, at least
-``MIN_CLASSIFIER_STEPS``), so that a gain comes from the data, not from longer training, and each
+``recipe.min_steps``), so that a gain comes from the data, not from longer training, and each
 is tested on the real test split. Scores are **balanced accuracy** (mean per-class recall)
 and macro-F1, because plain accuracy rewards a majority-class guesser on imbalanced cohorts.
 ``augment_gain`` is augmented − trtr balanced accuracy per seed (mean and std), ``tstr_ratio`` is
@@ -19,8 +19,9 @@ The real-trained classifier also grades the generator the other way round ("GAN-
 share of samples it assigns to the class they were drawn for, and the same for reconstructions.
 Its penultimate layer is the in-domain feature space of ``metrics.frechet_distance`` and
 ``metrics.precision_recall`` (no downloaded weights).
-The classifier is ``nets.SliceClassifier`` (BatchNorm, dropout) trained with a one-cycle schedule
-(figures in benchmarks/README.md).
+The classifier is ``nets.SliceClassifier`` (BatchNorm, dropout) trained with AdamW and a one-cycle
+schedule (figures in benchmarks/README.md); its ``recipe`` is params.yaml's ``evaluate.classifier``
+(width, dropout, batch_size, lr, min_steps — any object with those attributes).
 """
 
 from __future__ import annotations
@@ -37,25 +38,29 @@ from brainsynth.inference import predict_classes, to_unit, unit_batches
 from brainsynth.nets import SliceClassifier
 
 KINDS = ("trtr", "tstr", "augmented")
-# Fewest updates a downstream classifier gets, whatever the cohort size: with a few dozen updates
-# BatchNorm's running statistics have not settled and the classifier predicts one class in
-# evaluation mode (balanced accuracy exactly 1/K at data.train_fraction 0.1 before this floor).
-MIN_CLASSIFIER_STEPS = 200
 
 
-def new_classifier(n_classes: int) -> SliceClassifier:
+def new_classifier(n_classes: int, recipe) -> SliceClassifier:
     """The downstream classifier, untrained (also what a cached state dict is loaded into)."""
-    return SliceClassifier(n_classes, width=8, norm="batch", dropout=0.3)
+    return SliceClassifier(n_classes, width=recipe.width, norm="batch", dropout=recipe.dropout)
+
+
+def budget(n_images: int, epochs: int, recipe) -> int:
+    """Updates of ``epochs`` passes over ``n_images``, at least ``recipe.min_steps``: with a few dozen
+    updates BatchNorm's running statistics have not settled and the classifier predicts one class in
+    evaluation mode (balanced accuracy exactly 1/K at data.train_fraction 0.1 before this floor)."""
+    return max(epochs * ((n_images + recipe.batch_size - 1) // recipe.batch_size), recipe.min_steps)
 
 
 def train_classifier(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, epochs: int, seed: int, device: torch.device,
-                     batch: int = 64, lr: float = 1e-3, steps: int | None = None) -> SliceClassifier:
+                     recipe, steps: int | None = None) -> SliceClassifier:
     """SliceClassifier trained on (train_x, train_y): uint8 (N, S, S) images, (N,) int labels, for
     ``epochs`` passes, or exactly ``steps`` updates when given (to compare training sets of different
     sizes at an equal optimisation budget)."""
+    batch, lr = recipe.batch_size, recipe.lr
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = new_classifier(n_classes).to(device)
+    model = new_classifier(n_classes, recipe).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
     total = max(1, steps if steps is not None else epochs * ((len(train_x) + batch - 1) // batch))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3 * lr, total_steps=total)
@@ -147,7 +152,7 @@ class UtilityResult:
 
 
 def utility(real_x: np.ndarray, real_y: np.ndarray, sample: Callable[[np.ndarray, int], np.ndarray], test_x: np.ndarray, test_y: np.ndarray,
-            n_classes: int, epochs: int, seeds: list[int], synthetic_per_real: float, device: torch.device,
+            n_classes: int, epochs: int, seeds: list[int], synthetic_per_real: float, device: torch.device, recipe,
             on_progress: Callable[[str], None] | None = None) -> UtilityResult:
     """Train and test every classifier kind once per seed (see the module docstring).
 
@@ -155,7 +160,7 @@ def utility(real_x: np.ndarray, real_y: np.ndarray, sample: Callable[[np.ndarray
     ``synthetic_per_real`` = 0 the augmented classifier is skipped.
     """
     result = UtilityResult()
-    real_steps = max(epochs * ((len(real_x) + 63) // 64), MIN_CLASSIFIER_STEPS)  # train_classifier's batch of 64
+    real_steps = budget(len(real_x), epochs, recipe)
     for index, seed in enumerate(seeds):
         synthetic_x = sample(real_y, seed + 1000)
         sets = {"trtr": (real_x, real_y), "tstr": (synthetic_x, real_y)}
@@ -167,7 +172,7 @@ def utility(real_x: np.ndarray, real_y: np.ndarray, sample: Callable[[np.ndarray
         for kind, (x, y) in sets.items():
             if on_progress:
                 on_progress(f"utility classifier {kind}, seed {index + 1}/{len(seeds)}")
-            classifier = train_classifier(x, y, n_classes, epochs, seed, device, steps=real_steps)
+            classifier = train_classifier(x, y, n_classes, epochs, seed, device, recipe, steps=real_steps)
             result.scores[kind].append(class_scores(predict_classes(classifier, test_x), test_y))
             if kind == "trtr" and result.reference is None:
                 result.reference = classifier

@@ -5,9 +5,12 @@
 1. classifier phase (only with ``loss.class_weight`` > 0): the auxiliary classifier learns real slices;
 2. critic phase, ``optim.n_critic`` times: the critic scores real images, reconstructions and prior
    samples (one call), plus the gradient penalty on every ``loss.gp_every``-th critic update;
-3. generator phase: encoder + decoder minimise reconstruction + KL + adversarial (+ class) terms.
+3. generator phase: encoder + decoder minimise reconstruction + KL + adversarial (+ class) terms;
+4. the EMA copy of encoder and decoder follows the live one.
 
-Each phase returns its named losses; ``train_epoch`` averages them over the epoch and over windows
+Each phase reads forward → terms → update: the loss terms and their weights live in
+``brainsynth.losses`` (``losses.compose``), so no phase names a term. Each phase returns its named
+losses; ``train_epoch`` averages them over the epoch and over windows
 of ``train.log_every`` steps. The same code runs on CPU (tests) and CUDA (bf16 autocast, fused
 Adam, optional channels_last and torch.compile of encoder/decoder).
 
@@ -25,11 +28,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from brainsynth import losses
@@ -38,59 +39,9 @@ from brainsynth.device import resolve_device
 from brainsynth.distributed import World, average_gradients, broadcast_module, mean_over_ranks
 from brainsynth.errors import DivergenceError
 from brainsynth.inference import autocast, predict_classes, reconstruct_images, sample_images, to_unit
+from brainsynth.meters import EpochStats, LossMeter
 from brainsynth.nets import VAEGAN
 
-# Every loss a step can report. cls_g: the auxiliary classifier's cross-entropy on prior samples
-# (against the class they were drawn for); cls_real: its cross-entropy on real training images.
-LOSS_NAMES = ("loss_g", "rec", "kl", "adv_g", "cls_g", "critic", "gp", "w_distance", "cls_real")
-
-
-class LossMeter:
-    """Running means of named scalar losses. Values stay device tensors (no host sync) until
-    ``means()``; each name is averaged over the updates that reported it (the penalty, for one,
-    is not computed on every critic update)."""
-
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, named: dict[str, torch.Tensor]) -> None:
-        for name, value in named.items():
-            value = value.detach().float()
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-            self.counts[name] = self.counts.get(name, 0) + 1
-
-    def merge(self, other: "LossMeter") -> None:
-        for name, value in other.sums.items():
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-            self.counts[name] = self.counts.get(name, 0) + other.counts[name]
-
-    def __bool__(self) -> bool:
-        return bool(self.counts)
-
-    def means(self) -> dict[str, float]:
-        """{name: mean} for every name in LOSS_NAMES (0.0 for those never reported)."""
-        names = [n for n in LOSS_NAMES if n in self.sums]
-        values = torch.stack([self.sums[n] for n in names]).tolist() if names else []  # one host sync
-        means = {n: v / self.counts[n] for n, v in zip(names, values)}
-        return {n: means.get(n, 0.0) for n in LOSS_NAMES}
-
-    def reported(self) -> set[str]:
-        """The names some update reported (a disabled loss term never is)."""
-        return set(self.counts)
-
-
-@dataclass
-class EpochStats:
-    epoch: int  # 1-based number of the finished epoch
-    losses: dict[str, float]  # every name in LOSS_NAMES (0.0 for terms not computed)
-    seconds: float
-    images_per_second: float
-    reported: frozenset[str] = frozenset()  # the loss terms this epoch computed
-
-    def computed_losses(self) -> dict[str, float]:
-        """The losses of the terms that were computed (what is worth logging)."""
-        return {k: v for k, v in self.losses.items() if k in self.reported}
 
 
 def model_for(cfg: Config, image_size: int, n_classes: int) -> VAEGAN:
@@ -109,7 +60,8 @@ class Trainer:
 
     def __init__(self, cfg: Config, images: np.ndarray, labels: np.ndarray, n_classes: int, device: torch.device | None = None,
                  world: World = World()):
-        self.cfg = cfg
+        # The sections the engine reads (kept apart: nothing here reads tune, evaluate or mlflow).
+        self.seed, self.loss, self.optim, self.train_cfg = cfg.seed, cfg.loss, cfg.optim, cfg.train
         self.world = world
         self.device = device or resolve_device(cfg.train.device)
         self.cuda = self.device.type == "cuda"
@@ -160,7 +112,7 @@ class Trainer:
         needs its own noise (reparameterisation, instance noise, flips, prior labels). Rank 0
         keeps the single-process stream, so one process trains exactly as before."""
         if self.world.rank > 0:
-            torch.manual_seed(self.cfg.seed + 1_000_003 * self.world.rank + self.epoch)
+            torch.manual_seed(self.seed + 1_000_003 * self.world.rank + self.epoch)
 
     def _step(self, optimizer: torch.optim.Optimizer, parameters) -> None:
         average_gradients(parameters, self.world)
@@ -171,18 +123,17 @@ class Trainer:
         """Training progress in epochs at step ``index`` of the current epoch (0.0 at the start)."""
         return self.epoch + index / max(self.steps_per_epoch, 1)
 
-    def kl_scale(self, progress: float) -> float:
-        warmup = self.cfg.loss.kl_warmup_epochs
-        return 1.0 if warmup == 0 else min(1.0, progress / warmup)
-
     def adversarial_on(self, progress: float) -> bool:
-        return self.cfg.loss.adv_weight > 0 and progress >= self.cfg.loss.adv_start_epoch
+        return self.loss.adv_weight > 0 and progress >= self.loss.adv_start_epoch
+
+    def class_term_on(self, progress: float) -> bool:
+        return self.model.classifier is not None and progress >= self.loss.adv_start_epoch
 
     # ------------------------------------------------------------------ data
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 1, S, S) in [-1, 1] (randomly mirrored with ``train.hflip``) and labels (B,)."""
         x = to_unit(self.images[index]).contiguous(memory_format=self.memory_format)
-        if self.cfg.train.hflip:
+        if self.train_cfg.hflip:
             flip = torch.rand(x.shape[0], 1, 1, 1, device=self.device) < 0.5
             x = torch.where(flip, x.flip(-1), x)
         return x, self.labels[index]
@@ -191,125 +142,91 @@ class Trainer:
         """Instance noise (Sønderby et al. 2016) on everything the critic sees: real MRI carries
         acquisition noise a deterministic decoder cannot reproduce, and without it the critic
         wins on that cue alone and pushes the decoder towards periodic textures."""
-        sigma = self.cfg.loss.instance_noise
+        sigma = self.loss.instance_noise
         return images + sigma * torch.randn_like(images) if sigma > 0 else images
 
     def decode_batch(self, x: torch.Tensor, y: torch.Tensor, with_prior: bool):
-        """Reconstructions of x and (``with_prior``) B/2 prior samples, decoded in one pass.
+        """Reconstructions of x (decoded posterior samples) and (``with_prior``) ``loss.prior_fraction``
+        × B prior samples, decoded in one pass.
 
-        Returns mu, logvar (B, Z) float32, decoded (B or 3B/2, 1, S, S) whose first B images are
-        the reconstructions, and the labels of the decoded images.
+        Returns mu, logvar (B, Z) float32, decoded (B + P, 1, S, S) whose first B images are the
+        reconstructions, and the labels of the decoded images.
         """
-        model = self.model
-        mu, logvar = model.encode(x, y)
-        z = model.reparameterise(mu, logvar)
+        vae = self.model.vae
+        mu, logvar = vae.encode(x, y)
+        z = vae.reparameterise(mu, logvar)
         labels = y
         if with_prior:
-            n_prior = max(1, x.shape[0] // 2)
+            n_prior = max(1, int(x.shape[0] * self.loss.prior_fraction))
             prior_labels = y[torch.randperm(y.shape[0], device=self.device)[:n_prior]]
             z = torch.cat([z, torch.randn(n_prior, z.shape[1], device=self.device)])
             labels = torch.cat([y, prior_labels])
-        return mu, logvar, model.decode(z.to(x.dtype), labels), labels
+        return mu, logvar, vae.decode(z.to(x.dtype), labels), labels
 
-    @staticmethod
-    def _set_sizes(n_decoded: int, n_recon: int) -> tuple[int, ...]:
-        """Sizes of the sets in a decoded batch: reconstructions [, prior samples]."""
-        return (n_recon, n_decoded - n_recon) if n_decoded > n_recon else (n_recon,)
+    def _judge(self, images: torch.Tensor, labels: torch.Tensor, set_sizes=None):
+        """The critic's (scores, features) of ``images`` with instance noise, under autocast."""
+        with torch.autocast(**self.autocast):
+            return self.model.critic(self._noisy(images), self.model.labels(labels), features=True, set_sizes=set_sizes)
 
-    # ------------------------------------------------------------------ phases
+    def _classify(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(**self.autocast):
+            return self.model.classifier(images)
+
+    def _update(self, optimizer: torch.optim.Optimizer, parameters: list, loss: torch.Tensor) -> None:
+        """backward → average over ranks → (generator: clip) → step."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(parameters, self.world)
+        if optimizer is self.opt_g and self.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(parameters, self.optim.grad_clip)
+        optimizer.step()
+
+    # ------------------------------------------------------------------ phases: forward → terms → update
     def classifier_phase(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """One update of the auxiliary classifier on the real batch (clean images, real labels)."""
-        with torch.autocast(**self.autocast):
-            logits = self.model.classifier(x)
-        loss = F.cross_entropy(logits.float(), y)
-        self.opt_c.zero_grad(set_to_none=True)
-        loss.backward()
-        self._step(self.opt_c, self.model.classifier.parameters())
-        return {"cls_real": loss}
+        loss, named = losses.compose("classifier", losses.ClassifierForward(self._classify(x), y), self.loss, self.step)
+        self._update(self.opt_c, list(self.model.classifier.parameters()), loss)
+        return named
 
     def critic_phase(self, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, fake_labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """One critic update against detached fakes (reconstructions, then prior samples)."""
-        cfg = self.cfg.loss
         model = self.model
         x, fake = self._noisy(x), self._noisy(fake.detach())
         b = x.shape[0]
+        sizes = losses.set_sizes(fake.shape[0], b)
         with torch.autocast(**self.autocast):
             # Real images, reconstructions and prior samples in one call; minibatch statistics stay per set.
-            scores = model.critic(torch.cat([x, fake]), model.labels(torch.cat([y, fake_labels])),
-                                  set_sizes=(b, *self._set_sizes(fake.shape[0], b))).float()
-        d_real, d_fake = scores[:b], scores[b:]
-        if cfg.gan == "wgan-gp":
-            loss = losses.critic_wasserstein(d_real, d_fake, cfg.drift_weight)
-        else:
-            loss = losses.critic_hinge(d_real, d_fake)
-        out = {"critic": loss, "w_distance": d_real.mean() - d_fake.mean()}
-        if cfg.gan == "wgan-gp" and cfg.gp_weight > 0 and self.critic_updates % cfg.gp_every == 0:
-            # Pair every real image with a fake: prior samples first, then reconstructions. The
-            # interpolates are judged under the real image's class, since the penalty constrains
-            # the critic's input gradient around each real sample.
-            pool = torch.cat([fake[b:], fake[:b]])[:b]
-            gp = losses.gradient_penalty(model.critic, x, pool, model.labels(y))
-            loss = loss + cfg.gp_weight * cfg.gp_every * gp  # lazy regularisation keeps its average strength
-            out["gp"] = gp
-        self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        self._step(self.opt_d, self.model.critic.parameters())
+            scores = model.critic(torch.cat([x, fake]), model.labels(torch.cat([y, fake_labels])), set_sizes=(b, *sizes)).float()
+        forward = losses.CriticForward(x, fake, scores[:b], scores[b:], y, lambda images, labels: model.critic(images, model.labels(labels)),
+                                       self.critic_updates)
+        loss, named = losses.compose("critic", forward, self.loss, self.critic_updates)
+        self._update(self.opt_d, list(model.critic.parameters()), loss)
         self.critic_updates += 1
-        return out
+        return named
 
-    def generator_phase(self, x: torch.Tensor, y: torch.Tensor, mu, logvar, decoded, decoded_labels, kl_scale: float,
-                        adversarial: bool, class_term: bool) -> dict[str, torch.Tensor]:
-        """One encoder/decoder update from a forward pass (``decode_batch``)."""
-        cfg = self.cfg.loss
-        model = self.model
-        b = x.shape[0]
-        rec = losses.reconstruction(decoded[:b].float(), x, cfg.recon)
-        kl = losses.kl_divergence(mu, logvar) / (x.shape[-1] * x.shape[-2])  # per pixel, like the recon term
-        loss = cfg.recon_weight * rec + cfg.kl_weight * kl_scale * kl
-        out = {"rec": rec, "kl": kl}
-        if adversarial:
-            model.critic.requires_grad_(False)  # the generator step must not accumulate critic grads
-            with torch.autocast(**self.autocast):
-                scores, feats = model.critic(self._noisy(decoded), model.labels(decoded_labels), features=True,
-                                             set_sizes=self._set_sizes(decoded.shape[0], b))
-                if cfg.feature_weight > 0:
-                    with torch.no_grad():
-                        _, real_feats = model.critic(self._noisy(x), model.labels(y), features=True)
-                    loss = loss + cfg.feature_weight * (feats[:b].float() - real_feats.float()).abs().mean()
-            out["adv_g"] = losses.generator_adversarial(scores.float())
-            loss = loss + cfg.adv_weight * out["adv_g"]
-            model.critic.requires_grad_(True)
-        if class_term:
-            # Prior samples must be recognisable as the class they were drawn for. The classifier's
-            # own parameters are frozen here: it learns from real images only.
-            model.classifier.requires_grad_(False)
-            with torch.autocast(**self.autocast):
-                logits = model.classifier(decoded[b:])
-            out["cls_g"] = F.cross_entropy(logits.float(), decoded_labels[b:])
-            loss = loss + cfg.class_weight * out["cls_g"]
-            model.classifier.requires_grad_(True)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(model.generator_parameters(), self.world)
-        if self.cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.generator_parameters(), self.cfg.optim.grad_clip)
-        self.opt_g.step()
-        # EMA warm-up (as in many EMA implementations) so short runs are not dominated by the init.
-        model.update_ema(min(self.cfg.optim.ema_decay, (1 + self.step) / (10 + self.step)))
-        out["loss_g"] = loss
-        return out
+    def generator_phase(self, forward: losses.GeneratorForward, progress: float) -> dict[str, torch.Tensor]:
+        """One encoder/decoder update from a forward pass (``decode_batch``); the critic and the
+        classifier are frozen meanwhile (their gradients come from their own phases)."""
+        frozen = [m for m in (self.model.critic, self.model.classifier) if m is not None]
+        for module in frozen:
+            module.requires_grad_(False)
+        loss, named = losses.compose("generator", forward, self.loss, progress)
+        for module in frozen:
+            module.requires_grad_(True)
+        self._update(self.opt_g, self.model.generator_parameters(), loss)
+        return named
 
     # ------------------------------------------------------------------ the step and the epoch
     def train_step(self, x: torch.Tensor, y: torch.Tensor, progress: float) -> LossMeter:
         """Every update of one step, in order. The last critic update reuses the generator's own
         forward pass (detached), so n_critic = 1 costs no extra decoding."""
         adversarial = self.adversarial_on(progress)
-        class_term = self.model.classifier is not None and progress >= self.cfg.loss.adv_start_epoch
+        class_term = self.class_term_on(progress)
         meter = LossMeter()
         if self.model.classifier is not None:
             meter.add(self.classifier_phase(x, y))
         if adversarial:
-            for _ in range(self.cfg.optim.n_critic - 1):
+            for _ in range(self.optim.n_critic - 1):
                 with torch.no_grad(), torch.autocast(**self.autocast):
                     _, _, fake, fake_labels = self.decode_batch(x, y, with_prior=True)
                 meter.add(self.critic_phase(x, y, fake, fake_labels))
@@ -317,7 +234,11 @@ class Trainer:
             mu, logvar, decoded, decoded_labels = self.decode_batch(x, y, with_prior=adversarial or class_term)
         if adversarial:
             meter.add(self.critic_phase(x, y, decoded, decoded_labels))
-        meter.add(self.generator_phase(x, y, mu, logvar, decoded, decoded_labels, self.kl_scale(progress), adversarial, class_term))
+        forward = losses.GeneratorForward(x, y, mu, logvar, decoded, decoded_labels, critic=self._judge if adversarial else None,
+                                          classifier=self._classify if class_term else None)
+        meter.add(self.generator_phase(forward, progress))
+        # EMA warm-up (as in many EMA implementations): short runs are not dominated by the init.
+        self.model.update_ema(min(self.optim.ema_decay, (1 + self.step) / (self.optim.ema_warmup_steps + self.step)))
         self.step += 1
         return meter
 
@@ -342,7 +263,7 @@ class Trainer:
             window.merge(step_losses)
             # Every rank takes part (averaging over ranks is a collective), even those that do not log.
             logging = on_log is not None or self.world.distributed
-            if logging and (self.step % self.cfg.train.log_every == 0 or index == self.steps_per_epoch - 1):
+            if logging and (self.step % self.train_cfg.log_every == 0 or index == self.steps_per_epoch - 1):
                 means = self._checked(window)
                 if on_log is not None:
                     on_log(self.step, {k: v for k, v in means.items() if k in window.reported()})
@@ -371,16 +292,15 @@ class Trainer:
     # ------------------------------------------------------------------ inference with the EMA copy
     def sample(self, labels, seed: int) -> np.ndarray:
         """Prior samples from the EMA decoder: (N, S, S) uint8, deterministic per seed."""
-        return sample_images(self.model.ema_decoder, labels, seed, self.model.n_classes > 0, self.device, self.cfg.train.bf16)
+        return sample_images(self.model.ema_vae, labels, seed, self.device, self.train_cfg.bf16)
 
     def reconstruct(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Posterior-mean reconstructions with the EMA encoder/decoder: (N, S, S) uint8."""
-        return reconstruct_images(self.model.ema_encoder, self.model.ema_decoder, images, labels, self.model.n_classes > 0,
-                                  self.device, self.cfg.train.bf16)
+        return reconstruct_images(self.model.ema_vae, images, labels, self.device, self.train_cfg.bf16)
 
     def classify(self, images: np.ndarray) -> np.ndarray:
         """Classes (N,) the auxiliary classifier assigns to (N, S, S) uint8 images."""
-        return predict_classes(self.model.classifier, images, self.cfg.train.bf16)
+        return predict_classes(self.model.classifier, images, self.train_cfg.bf16)
 
     # ------------------------------------------------------------------ state (checkpoint.save_training_state writes it)
     def state_dict(self) -> dict:

@@ -1,7 +1,6 @@
-"""How evaluate's numbers are presented: grouped in ``metrics/evaluate.json`` (``realism.*``,
-``anatomy.*``, ``coverage.*``, ``utility.*``, ``diversity.*``, ``reconstruction.*``,
-``memorization.*``, in that order, so ``dvc exp show`` and ``dvc metrics diff`` read by theme, the
-quality columns first), and the results headline: the key numbers in a few lines, each with its
+"""How evaluate's numbers are presented: grouped in ``metrics/evaluate.json`` by the metric
+catalogue (``evaluation.catalogue``: realism, anatomy, coverage, utility, diversity,
+reconstruction, memorization, the quality columns first), and the results headline: the key numbers in a few lines, each with its
 direction (↑ higher is better, ↓ lower) and the reference it must be read against (real-vs-real,
 chance). ``make run`` prints the headline; evaluate puts it in its MLflow run's description.
 
@@ -14,52 +13,10 @@ import json
 import sys
 from pathlib import Path
 
+from brainsynth.evaluation.catalogue import flattened, grouped
 from brainsynth.paths import METRICS_DIR
 
-
-# (group, key prefixes), first match wins; the order is the order of the file's groups.
-GROUPS = (
-    ("realism", ("swd", "feature_fd", "fid", "kid")),
-    ("anatomy", ("morph_", "csf_")),
-    ("coverage", ("feature_precision", "feature_recall")),
-    ("utility", ("trtr_", "tstr_", "augmented_", "augment_gain", "gan_test_", "real_class_", "chance_")),
-    ("diversity", ("ms_ssim_",)),
-    ("reconstruction", ("recon_",)),
-    ("memorization", ("memorization_", "nn_")),
-)
-NOT_METRICS = ("n_images", "seconds")  # counts and timings: the log and MLflow only
-# Inside each group these come first, in this order (the headline numbers and their references:
-# the first columns of `dvc exp show`); per-scale and per-class details follow alphabetically.
-LEADING = ("swd", "swd_real_baseline", "feature_fd", "feature_fd_real", "fid", "kid",
-           "morph_distance_ratio",
-           "feature_precision", "feature_precision_real", "feature_recall", "feature_recall_real",
-           "tstr_ratio", "augment_gain_mean", "augment_gain_std", "trtr_balanced_accuracy_mean", "tstr_balanced_accuracy_mean",
-           "augmented_balanced_accuracy_mean", "gan_test_balanced_accuracy", "chance_balanced_accuracy",
-           "ms_ssim_samples", "ms_ssim_real",
-           "recon_psnr", "recon_ssim", "recon_class_balanced_accuracy",
-           "memorization_rate", "nn_ratio")
-
-
-def grouped(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
-    """Flat evaluate metrics → {group: {key: value}} (keys unchanged; unknown keys under "other")."""
-    out: dict[str, dict[str, float]] = {name: {} for name, _ in GROUPS}
-    for key in sorted(metrics, key=lambda k: (LEADING.index(k) if k in LEADING else len(LEADING), k)):
-        if key in NOT_METRICS:
-            continue
-        group = next((name for name, prefixes in GROUPS if key.startswith(prefixes)), "other")
-        out.setdefault(group, {})[key] = metrics[key]
-    return {name: values for name, values in out.items() if values}
-
-
-def flattened(metrics: dict) -> dict[str, float]:
-    """The inverse of ``grouped`` (a flat file passes through)."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(value)
-        else:
-            flat[key] = value
-    return flat
+__all__ = ["flattened", "grouped", "headline", "main"]  # grouped: re-exported (what evaluate writes)
 
 
 def _fmt(value: float, digits: int = 3) -> str:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from brainsynth.checkpoint import load_model_file
-from brainsynth.nets import Decoder, Encoder
+from brainsynth.nets import VAE, Decoder, Encoder
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -39,37 +39,34 @@ def autocast(device: torch.device, bf16: bool) -> dict:
     return dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and bf16)
 
 
-def _labels(labels: np.ndarray, start: int, stop: int, conditional: bool, device: torch.device) -> torch.Tensor | None:
-    return torch.as_tensor(np.asarray(labels[start:stop]), dtype=torch.long).to(device) if conditional else None
+def _labels(labels: np.ndarray, start: int, stop: int, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(labels[start:stop]), dtype=torch.long).to(device)
 
 
 @torch.no_grad()
-def sample_images(decoder: Decoder, labels, seed: int, conditional: bool, device: torch.device, bf16: bool = True, batch: int = 256) -> np.ndarray:
+def sample_images(vae: VAE, labels, seed: int, device: torch.device, bf16: bool = True, batch: int = 256) -> np.ndarray:
     """Decode z ~ N(0, I) drawn from ``seed`` for each label. Returns (N, S, S) uint8."""
-    decoder.eval()
+    vae.eval()
     labels = np.asarray(labels)
-    z = torch.randn(len(labels), decoder.latent_dim, generator=torch.Generator().manual_seed(seed))
+    z = torch.randn(len(labels), vae.latent_dim, generator=torch.Generator().manual_seed(seed))
     out = []
     for start in range(0, len(labels), batch):
         with torch.autocast(**autocast(device, bf16)):
-            images = decoder(z[start : start + batch].to(device), _labels(labels, start, start + batch, conditional, device))
+            images = vae.sample(z[start : start + batch].to(device), _labels(labels, start, start + batch, device))
         out.append(to_uint8(images).cpu())
     if not out:
-        return np.zeros((0, decoder.image_size, decoder.image_size), np.uint8)
+        return np.zeros((0, vae.image_size, vae.image_size), np.uint8)
     return torch.cat(out).squeeze(1).numpy()
 
 
 @torch.no_grad()
-def reconstruct_images(encoder: Encoder, decoder: Decoder, images: np.ndarray, labels: np.ndarray, conditional: bool, device: torch.device, bf16: bool = True) -> np.ndarray:
-    """Encode to the posterior mean and decode. (N, S, S) uint8 → (N, S, S) uint8."""
-    encoder.eval()
-    decoder.eval()
+def reconstruct_images(vae: VAE, images: np.ndarray, labels: np.ndarray, device: torch.device, bf16: bool = True) -> np.ndarray:
+    """``VAE.reconstruct`` (the posterior mean, decoded) in batches. (N, S, S) uint8 → (N, S, S) uint8."""
+    vae.eval()
     out = []
     for start, x in unit_batches(images, device):
-        y = _labels(labels, start, start + len(x), conditional, device)
         with torch.autocast(**autocast(device, bf16)):
-            mu, _ = encoder(x, y)
-            out.append(to_uint8(decoder(mu, y)).cpu())
+            out.append(to_uint8(vae.reconstruct(x, _labels(labels, start, start + len(x), device))).cpu())
     return torch.cat(out).squeeze(1).numpy()
 
 
@@ -93,30 +90,32 @@ class SynthModel:
 
     def __init__(self, encoder: Encoder, decoder: Decoder, image_size: int, class_names: list[str], n_classes: int,
                  device: torch.device, bf16: bool = True, pixel_mm: float | None = None):
+        self.vae = VAE(encoder, decoder)
         self.encoder, self.decoder, self.image_size = encoder, decoder, image_size
         self.class_names, self.n_classes, self.device, self.bf16 = class_names, n_classes, device, bf16
         self.pixel_mm = pixel_mm  # in-plane mm per pixel of the training data (None: unknown)
 
     def sample(self, labels, seed: int) -> np.ndarray:
         """(N, S, S) uint8 samples of the given classes, deterministic per seed."""
-        return sample_images(self.decoder, labels, seed, self.n_classes > 0, self.device, self.bf16)
+        return sample_images(self.vae, labels, seed, self.device, self.bf16)
 
     @torch.no_grad()
     def interpolate(self, label: int, seed: int, steps: int = 10) -> np.ndarray:
         """Decode ``steps`` points on the great circle between two z ~ N(0, I) (slerp), one class.
         Returns (steps, S, S) uint8."""
-        ends = torch.randn(2, self.decoder.latent_dim, generator=torch.Generator().manual_seed(seed))
+        ends = torch.randn(2, self.vae.latent_dim, generator=torch.Generator().manual_seed(seed))
         a, b = ends[0], ends[1]
         omega = torch.arccos((a / a.norm()).dot(b / b.norm()).clamp(-1.0, 1.0))
         t = torch.linspace(0.0, 1.0, steps)[:, None]
         z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
-        labels = torch.full((steps,), label, dtype=torch.long, device=self.device) if self.n_classes > 0 else None
-        self.decoder.eval()
+        labels = torch.full((steps,), label, dtype=torch.long, device=self.device)
+        self.vae.eval()
         with torch.autocast(**autocast(self.device, self.bf16)):
-            return to_uint8(self.decoder(z.to(self.device), labels)).cpu().squeeze(1).numpy()
+            return to_uint8(self.vae.sample(z.to(self.device), labels)).cpu().squeeze(1).numpy()
 
     def reconstruct(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return reconstruct_images(self.encoder, self.decoder, images, labels, self.n_classes > 0, self.device, self.bf16)
+        """(N, S, S) uint8 → posterior-mean reconstructions (N, S, S) uint8 (``VAE.reconstruct``)."""
+        return reconstruct_images(self.vae, images, labels, self.device, self.bf16)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", bf16: bool = True) -> "SynthModel":

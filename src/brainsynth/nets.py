@@ -244,8 +244,9 @@ class Encoder(nn.Module):
                 blocks.append(SelfAttention(c_out))
         self.blocks = nn.Sequential(*blocks)
         self.out_norm = nn.GroupNorm(_groups(chans[-1]), chans[-1])
-        self.embed = nn.Embedding(n_classes, 32) if n_classes else None
-        self.head = nn.Linear(chans[-1] * 16 + (32 if n_classes else 0), 2 * cfg.latent_dim)
+        embed_dim = cfg.class_embed_dim if n_classes else 0
+        self.embed = nn.Embedding(n_classes, embed_dim) if n_classes else None
+        self.head = nn.Linear(chans[-1] * 16 + embed_dim, 2 * cfg.latent_dim)
         self.logvar_range = (cfg.logvar_min, cfg.logvar_max)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,9 +268,10 @@ class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig, image_size: int, n_classes: int = 0):
         super().__init__()
         chans = channel_plan(cfg, image_size)[::-1]
-        self.embed = nn.Embedding(n_classes, 32) if n_classes else None
-        self.fc = nn.Linear(cfg.latent_dim + (32 if n_classes else 0), chans[0] * 16)
-        norm_embed = 32 if n_classes and cfg.class_norm else 0
+        embed_dim = cfg.class_embed_dim if n_classes else 0
+        self.embed = nn.Embedding(n_classes, embed_dim) if n_classes else None
+        self.fc = nn.Linear(cfg.latent_dim + embed_dim, chans[0] * 16)
+        norm_embed = embed_dim if cfg.class_norm else 0
         blocks: list[nn.Module] = []
         res = 4
         for c_in, c_out in zip(chans[:-1], chans[1:]):
@@ -347,12 +349,57 @@ class Critic(nn.Module):
         return (score, mid) if features else score
 
 
+class VAE:
+    """The one meaning of encode, sample and reconstruct, over an encoder and its decoder (MONAI's
+    ``AutoencoderKL`` is the model). A view, not a module: the weights stay in ``VAEGAN.encoder``/
+    ``decoder`` (or their EMA copies, or a model file's), so state-dict keys and checkpoints are unchanged.
+
+    x: (B, 1, S, S) in [-1, 1]; y: (B,) int, ignored by unconditional nets; z, mu, logvar: (B, Z).
+    """
+
+    def __init__(self, encoder: Encoder, decoder: Decoder):
+        self.encoder, self.decoder = encoder, decoder
+        self.conditional = decoder.embed is not None
+        self.latent_dim, self.image_size = decoder.latent_dim, decoder.image_size
+
+    def labels(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        return y if self.conditional else None
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x → mu, logvar of q(z | x, y), float32."""
+        mu, logvar = self.encoder(x, self.labels(y))
+        return mu.float(), logvar.float()
+
+    @staticmethod
+    def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I): a posterior sample (training)."""
+        return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """z → images (B, 1, S, S) in [-1, 1]."""
+        return self.decoder(z, self.labels(y))
+
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode the posterior mean: the deterministic reconstruction every metric and figure uses."""
+        mu, _ = self.encode(x, y)
+        return self.decode(mu.to(x.dtype), y)
+
+    def sample(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode latents drawn from the prior N(0, I) (the caller draws them, for seeding)."""
+        return self.decode(z, y)
+
+    def eval(self) -> "VAE":
+        self.encoder.eval()
+        self.decoder.eval()
+        return self
+
+
 class VAEGAN(nn.Module):
     """The model: encoder, decoder (= generator) and critic, an EMA copy of encoder and decoder
     for sampling, and (``classifier=True``, conditional only) the auxiliary classifier.
+    ``vae`` and ``ema_vae`` are the live and the EMA pair seen through the ``VAE`` API.
 
     ``n_classes`` is the number of classes the nets are conditioned on (0 = unconditional).
-    x: (B, 1, S, S) in [-1, 1]; y: (B,) int or None; z, mu, logvar: (B, Z).
     """
 
     def __init__(self, cfg: ModelConfig, image_size: int, n_classes: int, spectral_critic: bool = False, classifier: bool = False):
@@ -366,36 +413,20 @@ class VAEGAN(nn.Module):
         self.ema_decoder = copy.deepcopy(self.decoder).requires_grad_(False)
         self.classifier = SliceClassifier(n_classes, cfg.classifier_width, norm="group") if classifier and n_classes else None
 
+    @property
+    def vae(self) -> VAE:
+        return VAE(self.encoder, self.decoder)
+
+    @property
+    def ema_vae(self) -> VAE:
+        return VAE(self.ema_encoder, self.ema_decoder)
+
     def labels(self, y: torch.Tensor | None) -> torch.Tensor | None:
         """The labels the nets are given: ``y`` when conditional, else None."""
         return y if self.n_classes else None
 
     def generator_parameters(self) -> list[nn.Parameter]:
         return list(self.encoder.parameters()) + list(self.decoder.parameters())
-
-    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, 1, S, S) → mu, logvar (B, Z), float32."""
-        mu, logvar = self.encoder(x, self.labels(y))
-        return mu.float(), logvar.float()
-
-    @staticmethod
-    def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """z = mu + sigma * eps, eps ~ N(0, I). (B, Z) → (B, Z)"""
-        return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-
-    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """z (B, Z) → images (B, 1, S, S) in [-1, 1]."""
-        return self.decoder(z, self.labels(y))
-
-    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encode, sample the posterior, decode: (recon (B, 1, S, S), mu, logvar)."""
-        mu, logvar = self.encode(x, y)
-        return self.decode(self.reparameterise(mu, logvar).to(x.dtype), y), mu, logvar
-
-    def sample(self, n: int, y: torch.Tensor | None = None, device: torch.device | None = None) -> torch.Tensor:
-        """n images decoded from z ~ N(0, I) with the training decoder: (n, 1, S, S)."""
-        z = torch.randn(n, self.latent_dim, device=device)
-        return self.decode(z, y)
 
     @torch.no_grad()
     def update_ema(self, decay: float) -> None:

@@ -37,7 +37,7 @@ def class_judge(cfg: Config, images: np.ndarray, labels: np.ndarray, n_classes: 
     single class). (N, S, S) uint8 training images, (N,) labels."""
     if cfg.tune.objective != "swd_recon_class" or n_classes < 2:
         return None
-    return train_classifier(images, labels, n_classes, max(cfg.evaluate.utility_epochs, 1), cfg.seed, device)
+    return train_classifier(images, labels, n_classes, max(cfg.evaluate.utility_epochs, 1), cfg.seed, device, cfg.evaluate.classifier)
 
 
 def validation_metrics(trainer, images: np.ndarray, labels: np.ndarray, cfg: Config, judge=None) -> dict[str, float]:

@@ -13,18 +13,9 @@ from __future__ import annotations
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from brainsynth.evaluation.catalogue import lower_is_better, version_metrics
+
 CANDIDATE, CHAMPION = "candidate", "champion"
-# Metrics of metrics/evaluate.json that can decide the champion, and whether lower is better.
-CHAMPION_METRICS = {
-    "swd": True, "feature_fd": True, "morph_distance_ratio": True,
-    "tstr_balanced_accuracy_mean": False, "augment_gain_mean": False, "gan_test_balanced_accuracy": False,
-    "recon_psnr": False, "feature_recall": False,
-}
-# Metrics copied onto the version as tags (what a reviewer sees in the registry without opening runs).
-VERSION_METRICS = ("swd", "swd_real_baseline", "feature_precision", "feature_recall", "morph_distance_ratio", "recon_psnr",
-                   "tstr_balanced_accuracy_mean", "trtr_balanced_accuracy_mean", "augment_gain_mean", "memorization_rate")
-
-
 def describe_candidate(name: str, version: str, description: str, tags: dict[str, str]) -> None:
     client = MlflowClient()
     if description:
@@ -46,7 +37,7 @@ def version_of_run(name: str, run_id: str) -> str | None:
 
 
 def better(metric: str, new: float, old: float) -> bool:
-    return new < old if CHAMPION_METRICS[metric] else new > old
+    return new < old if lower_is_better(metric) else new > old
 
 
 def promote(name: str, version: str, metrics: dict[str, float], metric: str, data_hash: str) -> str:
@@ -54,7 +45,7 @@ def promote(name: str, version: str, metrics: dict[str, float], metric: str, dat
     champion on ``metric`` over the same data (or when there is no champion). Returns a one-line
     account of the decision."""
     client = MlflowClient()
-    for key in VERSION_METRICS:
+    for key in version_metrics():
         if key in metrics:
             client.set_model_version_tag(name, version, f"eval.{key}", f"{metrics[key]:.6g}")
     if metric not in metrics:

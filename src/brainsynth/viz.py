@@ -114,18 +114,17 @@ def class_rows(images: np.ndarray, labels: np.ndarray, class_names: list[str], p
     return rows, names
 
 
-# Panels of the training-curve figure: the adversarial terms (±10) would flatten the
-# reconstruction and KL terms (≈ 0.1) on one axis.
-CURVE_PANELS = (("reconstruction and KL (epoch means)", ("loss_g", "rec", "kl")),
-                ("adversarial and classifier terms (epoch means)", ("critic", "adv_g", "w_distance", "gp", "cls_g", "cls_real")))
 
 
-def training_curves(history: list[dict[str, float]], val_history: list[dict], path: Path) -> Path:
-    """Per-epoch training losses on two scales (series that stayed 0, i.e. disabled terms, are left
-    out) and the validation scores, as one figure of three panels."""
+def training_curves(history: list[dict[str, float]], val_history: list[dict], path: Path,
+                    panels: tuple[tuple[str, tuple[str, ...]], ...]) -> Path:
+    """Per-epoch training losses in two ``panels`` of (title, loss names) — ``losses.curve_panels()``:
+    the adversarial terms (±10) would flatten the reconstruction and KL terms (≈ 0.1) on one axis —
+    (series that stayed 0, i.e. disabled terms, are left out) and the validation scores, as one
+    figure of three panels."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     epochs = np.arange(1, len(history) + 1)
-    for ax, (title, keys) in zip(axes, CURVE_PANELS):
+    for ax, (title, keys) in zip(axes, panels):
         for key in keys:
             values = [row.get(key, 0.0) for row in history]
             if any(v != 0 for v in values):

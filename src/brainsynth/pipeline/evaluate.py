@@ -26,25 +26,23 @@ Per-class values carry the class name as a suffix.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import numpy as np
 
-from brainsynth import metrics as M, tracking
+from brainsynth import metrics as M, provenance, tracking
+from brainsynth.checkpoint import CheckpointError, load_safe, save_atomic
 from brainsynth.config import Config
 from brainsynth.data import prepared
 from brainsynth.device import resolve_device
-from brainsynth.checkpoint import CheckpointError, load_safe, save_atomic
-from brainsynth.downstream import KINDS, class_scores, new_classifier, penultimate_features, per_class_recall, utility
+from brainsynth.downstream import KINDS, new_classifier, utility
+from brainsynth.evaluation.catalogue import grouped
+from brainsynth.evaluation.families import Evaluation, compute
 from brainsynth.files import atomic_dir, digest
-from brainsynth.headline import grouped, headline
-from brainsynth.inference import SynthModel, predict_classes
+from brainsynth.headline import headline
+from brainsynth.inference import SynthModel
 from brainsynth.paths import EVALUATE_DIR, MODEL_FILE, PREPARED_DIR, UTILITY_CACHE
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
 from brainsynth.viz import class_grid, intensity_histograms, labelled_grid, morphometry_figure, spread_indices, utility_bars
@@ -57,91 +55,23 @@ def run(cfg: Config, log: logging.Logger) -> None:
         data = prepared.load(PREPARED_DIR)
         tracking.log_dataset(*data.split("test"), PREPARED_DIR, "evaluation")
         model = SynthModel.load(MODEL_FILE, resolve_device(cfg.train.device), cfg.train.bf16)
-        ev = cfg.evaluate
         rng = np.random.default_rng(cfg.seed)
-        test_images, test_labels = data.split("test")
-        train_images, train_labels = data.split("train")
-        n = min(ev.n_images, len(test_images))
+        (test_images, test_labels), (train_images, train_labels) = data.split("test"), data.split("train")
+        n = min(cfg.evaluate.n_images, len(test_images))
         pick = np.sort(rng.choice(len(test_images), n, replace=False))
         real, real_labels = test_images[pick], test_labels[pick]
         log.info("evaluating on %d test images (%d classes)", n, len(data.class_names))
         samples = model.sample(real_labels, cfg.seed + 1)
-        recon = model.reconstruct(real, real_labels)
-
-        results: dict[str, float] = {"n_images": n}
-        results["recon_psnr"] = M.psnr(real, recon)
-        results["recon_ssim"] = M.mean_ssim(real, recon)
-        swd_settings = (cfg.swd.patches_per_image, cfg.swd.directions)
-        swd = M.swd(real, samples, cfg.seed, *swd_settings)
-        results.update(swd)
-        if len(train_images) >= n:
-            baseline = train_images[np.sort(rng.choice(len(train_images), n, replace=False))]
-            results["swd_real_baseline"] = M.swd(real, baseline, cfg.seed, *swd_settings)["swd"]
-        results["ms_ssim_samples"] = M.ms_ssim_pairs(samples, ev.n_pairs, cfg.seed)
-        results["ms_ssim_real"] = M.ms_ssim_pairs(real, ev.n_pairs, cfg.seed)
-        for k, name in enumerate(data.class_names):
-            members = real_labels == k
-            if members.sum() >= 8 and len(data.class_names) > 1:
-                results[f"swd_{name}"] = M.swd(real[members], samples[members], cfg.seed, *swd_settings)["swd"]
-                results[f"ms_ssim_samples_{name}"] = M.ms_ssim_pairs(samples[members], ev.n_pairs, cfg.seed)
-                results[f"ms_ssim_real_{name}"] = M.ms_ssim_pairs(real[members], ev.n_pairs, cfg.seed)
-        audit = M.memorization_audit(samples, real, train_images)
-        results.update({k: v for k, v in audit.items() if not k.startswith("_")})
-        notes = {}
-        utility_summary = None
-        if len(data.class_names) > 1 and ev.utility_epochs > 0:
-            utility_summary, reference = utility_metrics(cfg, model, train_images, train_labels, test_images, test_labels, len(data.class_names), rng, log)
-            results.update(utility_summary)
-            names = data.class_names
-            gan_test = predict_classes(reference, samples)
-            results["gan_test_balanced_accuracy"] = class_scores(gan_test, real_labels)["balanced_accuracy"]
-            results.update({f"gan_test_{name}": v for name, v in per_class_recall(gan_test, real_labels, names).items()})
-            results["recon_class_balanced_accuracy"] = class_scores(predict_classes(reference, recon), real_labels)["balanced_accuracy"]
-            results["real_class_balanced_accuracy"] = class_scores(predict_classes(reference, real), real_labels)["balanced_accuracy"]
-            results["chance_balanced_accuracy"] = 1.0 / len(names)
-            results.update(feature_metrics(reference, real, samples, train_images, rng))
+        e = Evaluation(real, real_labels, samples, model.reconstruct(real, real_labels), train_images, train_labels, data.class_names,
+                       cfg.seed, (cfg.swd.patches_per_image, cfg.swd.directions), cfg.evaluate.n_pairs, rng)
+        if len(data.class_names) > 1 and cfg.evaluate.utility_epochs > 0:
+            e.utility = lambda rng: utility_metrics(cfg, model, train_images, train_labels, test_images, test_labels,
+                                                    len(data.class_names), rng, log)
         else:
-            notes["utility"] = "skipped: needs class labels (more than one class)" if len(data.class_names) <= 1 else "skipped: evaluate.utility_epochs = 0"
-        morph = morphometry(real, real_labels, samples, train_images, train_labels, data.class_names)
-        results.update(morph.metrics)
-        fid, notes["fid"] = M.fid_kid(real, samples)
-        results.update(fid)
+            e.notes["utility"] = "skipped: needs class labels (more than one class)" if len(data.class_names) <= 1 else "skipped: evaluate.utility_epochs = 0"
+        results = {"n_images": n, **compute(e)}
         results["seconds"] = round(time.perf_counter() - started, 2)
-
-        with atomic_dir(EVALUATE_DIR) as staging:
-            class_grid(model.sample, data.class_names, 10, cfg.seed + 2, staging / "samples_per_class.png", "generated samples per class (EMA decoder)")
-            # Figure rows drawn across classes, subjects and slice levels (own generator: the metrics' draws stay as they were).
-            subjects = data.subjects[data.splits == "test"][pick]
-            shown = spread_indices(real_labels, subjects, 10, np.random.default_rng(cfg.seed + 5))
-            m = min(ev.n_recon_examples, len(shown))
-            inputs, outputs = real[shown[:m]], recon[shown[:m]]
-            diff = np.abs(inputs.astype(np.int16) - outputs.astype(np.int16)).astype(np.uint8)
-            labelled_grid([inputs, outputs, diff], ["input", "reconstruction", "|difference|"], staging / "reconstructions.png",
-                          title=f"test reconstructions: PSNR {results['recon_psnr']:.1f} dB, SSIM {results['recon_ssim']:.3f}", heat_rows=(2,))
-            names = data.class_names or ["unlabelled"]
-            labelled_grid([real[shown], samples[shown]], ["real (test)", "generated\n(same class)"], staging / "real_vs_generated.png",
-                          col_labels=[names[k] for k in real_labels[shown]],
-                          title=f"SWD {results['swd']:.1f}" + (f" (real-vs-real {results['swd_real_baseline']:.1f})"
-                                                               if "swd_real_baseline" in results else ""))
-            intensity_histograms(real, samples, staging / "intensity_histogram.png",
-                                 title=f"grey levels of {n} real test slices and as many samples")
-            closest = np.argsort(audit["_generated_distances"])[:8]
-            train_match = train_images[audit["_nearest_train_index"][closest]]
-            train_match = np.where(audit["_nearest_is_mirrored"][closest][:, None, None], train_match[:, :, ::-1], train_match)
-            labelled_grid([samples[closest], train_match], ["generated", "nearest train"], staging / "memorization.png",
-                          col_labels=[f"{d:.1f}" for d in audit["_generated_distances"][closest]],
-                          title=f"closest generated/train pairs (RMS grey-level distance); nn_ratio {results['nn_ratio']:.2f}, "
-                                f"memorization_rate {results['memorization_rate']:.3f}")
-            morphometry_figure(morph.real, morph.generated, morph.reference, staging / "morphometry.png",
-                               title="CSF area fraction per class (ventricles + sulci inside the brain mask)")
-            nearest_real_figure(samples, real_labels, train_images, train_labels, data.class_names, staging / "nearest_real.png")
-            if utility_summary is not None:
-                chance = results["chance_balanced_accuracy"]
-                utility_bars(utility_summary, chance, staging / "utility.png",
-                             title=f"classifiers on real test slices ({ev.utility_seeds} seeds, mean ± std)")
-                write_utility_csv(utility_summary, staging / "utility.csv")
-            strips = [model.interpolate(k, cfg.seed + 4, steps=10) for k in range(max(len(data.class_names), 1))]
-            labelled_grid(strips, data.class_names, staging / "interpolation.png", title="latent interpolation (spherical, between two random z)")
+        write_figures(cfg, model, data, e, results, data.subjects[data.splits == "test"][pick])
         write_metrics("evaluate", grouped(results))
         mlflow.log_metrics(results)
         if cfg.mlflow.registered_model:
@@ -149,11 +79,50 @@ def run(cfg: Config, log: logging.Logger) -> None:
         summary = headline(results)
         mlflow.set_tag("mlflow.note.content", tracking.describe("evaluate", upstream, "\n".join(f"- {line.strip()}" for line in summary)))
         log.info("results:\n  %s", "\n  ".join(summary))
-        mlflow.set_tags({f"note_{k}": v for k, v in notes.items()})
-        for key, note in notes.items():
+        mlflow.set_tags({f"note_{k}": v for k, v in e.notes.items()})
+        for key, note in e.notes.items():
             log.info("%s: %s", key, note)
         for png in sorted(EVALUATE_DIR.glob("*.png")):
             mlflow.log_artifact(str(png), artifact_path="figures")
+
+
+def write_figures(cfg: Config, model: SynthModel, data: prepared.PreparedData, e: Evaluation, results: dict, subjects: np.ndarray) -> None:
+    """reports/evaluate/: samples per class, reconstructions, real vs generated, grey-level
+    histograms, the memorisation pairs, morphometry, nearest real slices, utility bars (and CSV)
+    and latent interpolations, all or nothing."""
+    real, real_labels, samples, recon = e.real, e.real_labels, e.samples, e.recon
+    audit = e.extras["audit"]
+    with atomic_dir(EVALUATE_DIR) as staging:
+        class_grid(model.sample, data.class_names, 10, cfg.seed + 2, staging / "samples_per_class.png", "generated samples per class (EMA decoder)")
+        # Figure rows drawn across classes, subjects and slice levels (own generator: the metrics' draws stay as they were).
+        shown = spread_indices(real_labels, subjects, 10, np.random.default_rng(cfg.seed + 5))
+        m = min(cfg.evaluate.n_recon_examples, len(shown))
+        inputs, outputs = real[shown[:m]], recon[shown[:m]]
+        diff = np.abs(inputs.astype(np.int16) - outputs.astype(np.int16)).astype(np.uint8)
+        labelled_grid([inputs, outputs, diff], ["input", "reconstruction", "|difference|"], staging / "reconstructions.png",
+                      title=f"test reconstructions: PSNR {results['recon_psnr']:.1f} dB, SSIM {results['recon_ssim']:.3f}", heat_rows=(2,))
+        names = data.class_names or ["unlabelled"]
+        labelled_grid([real[shown], samples[shown]], ["real (test)", "generated\n(same class)"], staging / "real_vs_generated.png",
+                      col_labels=[names[k] for k in real_labels[shown]],
+                      title=f"SWD {results['swd']:.1f}" + (f" (real-vs-real {results['swd_real_baseline']:.1f})"
+                                                           if "swd_real_baseline" in results else ""))
+        intensity_histograms(real, samples, staging / "intensity_histogram.png", title=f"grey levels of {len(real)} real test slices and as many samples")
+        closest = np.argsort(audit["_generated_distances"])[:8]
+        train_match = e.train_images[audit["_nearest_train_index"][closest]]
+        train_match = np.where(audit["_nearest_is_mirrored"][closest][:, None, None], train_match[:, :, ::-1], train_match)
+        labelled_grid([samples[closest], train_match], ["generated", "nearest train"], staging / "memorization.png",
+                      col_labels=[f"{d:.1f}" for d in audit["_generated_distances"][closest]],
+                      title=f"closest generated/train pairs (RMS grey-level distance); nn_ratio {results['nn_ratio']:.2f}, "
+                            f"memorization_rate {results['memorization_rate']:.3f}")
+        morphometry_figure(*e.extras["morphometry"], staging / "morphometry.png",
+                           title="CSF area fraction per class (ventricles + sulci inside the brain mask)")
+        nearest_real_figure(samples, real_labels, e.train_images, e.train_labels, data.class_names, staging / "nearest_real.png")
+        if e.reference is not None:
+            utility_bars(results, results["chance_balanced_accuracy"], staging / "utility.png",
+                         title=f"classifiers on real test slices ({cfg.evaluate.utility_seeds} seeds, mean ± std)")
+            write_utility_csv(results, staging / "utility.csv")
+        strips = [model.interpolate(k, cfg.seed + 4, steps=10) for k in range(max(len(data.class_names), 1))]
+        labelled_grid(strips, data.class_names, staging / "interpolation.png", title="latent interpolation (spherical, between two random z)")
 
 
 def decide_champion(cfg: Config, train_run_id: str, results: dict, log: logging.Logger) -> None:
@@ -185,14 +154,14 @@ def utility_metrics(cfg: Config, model: SynthModel, train_images, train_labels, 
     if cached.is_file():
         try:
             stored = load_safe(cached)
-            reference = new_classifier(n_classes)
+            reference = new_classifier(n_classes, ev.classifier)
             reference.load_state_dict(stored["reference"])
             log.info("utility: reusing the classifiers scored for this model, data and settings (%s)", cached)
             return {k: float(v) for k, v in stored["summary"].items()}, reference.to(model.device).eval()
         except (CheckpointError, KeyError, RuntimeError) as err:
             log.warning("utility cache %s unusable (%s): retraining", cached, err)
     result = utility(train_images[pick], train_labels[pick], model.sample, test_images, test_labels, n_classes, ev.utility_epochs,
-                     seeds, ev.synthetic_per_real, model.device, on_progress=log.info)
+                     seeds, ev.synthetic_per_real, model.device, ev.classifier, on_progress=log.info)
     summary = result.summary()
     save_atomic({"summary": summary, "reference": {k: v.cpu() for k, v in result.reference.state_dict().items()}}, cached)
     for old in sorted(UTILITY_CACHE.glob("utility-*.pt"), key=lambda p: p.stat().st_mtime)[:-UTILITY_CACHE_ENTRIES]:
@@ -205,59 +174,9 @@ UTILITY_CACHE_ENTRIES = 4  # the latest models' results (an A/B of two models ke
 
 def utility_cache_key(cfg: Config, model: SynthModel) -> str:
     """What the utility result depends on: the model file, the prepared data, the utility settings,
-    the seed, the device type and the code that trains and scores the classifiers."""
-    from brainsynth import downstream, inference, nets
-
-    code = [Path(m.__file__) for m in (downstream, inference, nets)]
-    settings = {k: v for k, v in cfg.flat().items() if k in UTILITY_SETTINGS}
-    blob = json.dumps({"model": digest(MODEL_FILE), "data": digest(PREPARED_DIR), "settings": settings, "device": model.device.type,
-                       "bf16": cfg.train.bf16, "code": digest(*code)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-UTILITY_SETTINGS = ("seed", "evaluate.utility_epochs", "evaluate.utility_images", "evaluate.utility_seeds", "evaluate.synthetic_per_real")
-
-
-def feature_metrics(reference, real: np.ndarray, samples: np.ndarray, train_images: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
-    """Fréchet distance and precision/recall in the real-trained classifier's feature space:
-    samples vs real test images, and (``_real``) as many real training images vs the same test images."""
-    real_features = penultimate_features(reference, real)
-    out = {"feature_fd": M.frechet_distance(real_features, penultimate_features(reference, samples))}
-    out.update({f"feature_{k}": v for k, v in M.precision_recall(real_features, penultimate_features(reference, samples)).items()})
-    if len(train_images) >= len(real):
-        baseline = penultimate_features(reference, train_images[np.sort(rng.choice(len(train_images), len(real), replace=False))])
-        out["feature_fd_real"] = M.frechet_distance(real_features, baseline)
-        out.update({f"feature_{k}_real": v for k, v in M.precision_recall(real_features, baseline).items()})
-    return out
-
-
-@dataclass
-class Morphometry:
-    metrics: dict[str, float]
-    real: dict[str, np.ndarray]  # CSF fractions per class: real test slices
-    generated: dict[str, np.ndarray]  # samples drawn for the same labels
-    reference: dict[str, np.ndarray]  # real training slices
-
-
-def morphometry(real, real_labels, samples, train_images, train_labels, class_names: list[str]) -> Morphometry:
-    """CSF area fraction per class on real test slices, samples and real training slices; their
-    per-class 1-D Wasserstein distances and the worst class's ratio to the real-vs-real distance."""
-    names = class_names or ["all"]
-    fr, fg, ft = M.csf_fraction(real), M.csf_fraction(samples), M.csf_fraction(train_images)
-    by_class = lambda values, labels: {name: values[labels == k] for k, name in enumerate(names) if (labels == k).any()}  # noqa: E731
-    real_d, gen_d, ref_d = by_class(fr, real_labels), by_class(fg, real_labels), by_class(ft, train_labels)
-    out: dict[str, float] = {}
-    ratios = []
-    for name in real_d:
-        out[f"csf_fraction_real_{name}"] = float(np.nanmean(real_d[name]))
-        out[f"csf_fraction_generated_{name}"] = float(np.nanmean(gen_d[name]))
-        out[f"morph_distance_{name}"] = M.morphometric_distance(gen_d[name], real_d[name])
-        if name in ref_d:
-            out[f"morph_distance_real_{name}"] = M.morphometric_distance(ref_d[name], real_d[name])
-            ratios.append(out[f"morph_distance_{name}"] / max(out[f"morph_distance_real_{name}"], 1e-6))
-    if ratios:
-        out["morph_distance_ratio"] = float(max(ratios))
-    return Morphometry(out, real_d, gen_d, ref_d)
+    the device type and evaluate's code (its dvc.yaml deps)."""
+    return provenance.fingerprint(20, model=digest(MODEL_FILE), data=digest(PREPARED_DIR), settings=provenance.utility_inputs(cfg),
+                                  device=model.device.type, code=provenance.code_digest("evaluate"))
 
 
 def nearest_real_figure(samples, sample_labels, train_images, train_labels, class_names: list[str], path, per_class: int = 6):

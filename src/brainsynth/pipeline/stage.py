@@ -37,15 +37,18 @@ log = logging.getLogger("brainsynth")
 USER_ERRORS = (ConfigError, DataError, CheckpointError, DivergenceError, StageError)
 
 
-def setup_logging(stage: str, rank: int = 0) -> Path:
+def setup_logging(stage: str, rank: int = 0, worker: int | None = None) -> Path:
     """``logs/<stage>.log`` and the terminal. In a data-parallel job, the other ranks write
-    ``logs/<stage>.rank<N>.log`` and show only warnings and errors, so the terminal is not N-fold."""
+    ``logs/<stage>.rank<N>.log`` and show only warnings and errors, so the terminal is not N-fold.
+    A worker process of a stage (tune's ``worker``) writes ``logs/<stage>_worker<N>.log``."""
     LOG_DIR.mkdir(exist_ok=True)
-    path = LOG_DIR / (f"{stage}.log" if rank == 0 else f"{stage}.rank{rank}.log")
+    if worker is not None:
+        path, prefix = LOG_DIR / f"{stage}_worker{worker}.log", f"worker {worker} "
+    else:
+        path, prefix = LOG_DIR / (f"{stage}.log" if rank == 0 else f"{stage}.rank{rank}.log"), f"[rank {rank}] " if rank else ""
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(logging.INFO)
-    prefix = f"[rank {rank}] " if rank else ""
     fmt = logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     terminal = logging.StreamHandler(sys.stderr)
     if rank:
@@ -96,7 +99,7 @@ def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], cfg: C
     stage_log = logging.getLogger(f"brainsynth.{stage}")
     # `kill` (SIGTERM, also what schedulers send) ends a stage like Ctrl-C does: the MLflow run is
     # marked KILLED and training keeps its last checkpoint, instead of a run left RUNNING forever.
-    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous_handler = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         if main:
             tracking.setup(cfg)
@@ -123,7 +126,7 @@ def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], cfg: C
         signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _raise_interrupt(signum, frame):
+def raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 

@@ -20,7 +20,6 @@ registers it. The ranks meet at a barrier before they leave.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import time
@@ -30,13 +29,14 @@ import mlflow
 import numpy as np
 from PIL import Image
 
-from brainsynth import distributed, tracking
-from brainsynth.checkpoint import CheckpointError, load_model_file, load_safe, restore_training_state, save_model_file, save_training_state
-from brainsynth.config import Config, ConfigError, load_overrides, tuning_inputs
+from brainsynth import distributed, losses, provenance, tracking
+from brainsynth.checkpoint import CheckpointError, load_model_file, load_safe, save_model_file, save_training_state
+from brainsynth.config import Config, ConfigError, load_overrides
 from brainsynth.data import prepared
 from brainsynth.device import resolve_device
 from brainsynth.engine import Trainer
-from brainsynth.files import atomic_dir, write_json_atomic
+from brainsynth.files import atomic_dir, digest, write_json_atomic
+from brainsynth.loop import EpochResult, RunState, fit
 from brainsynth.objective import class_judge, validation_metrics
 from brainsynth.paths import BEST_CHECKPOINT, BEST_PARAMS, MODEL_FILE, PREPARED_DIR, RESUME_CHECKPOINT, TRAIN_DIR, TUNED_FOR
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
@@ -46,14 +46,11 @@ from brainsynth.viz import class_grid, training_curves
 HISTORY_FILE = "history.csv"  # per-epoch training losses (dvc plots)
 VAL_HISTORY_FILE = "val_history.csv"  # validation scores at the epochs they were computed (dvc plots)
 STEP_HISTORY_FILE = "step_history.csv"  # loss means over windows of train.log_every steps (step and fractional epoch)
-_NOT_FINGERPRINTED = ("train.epochs", "train.log_every", "train.sample_every", "train.keep", "mlflow.", "evaluate.", "tune.", "generate.")
 
 
 def fingerprint(cfg: Config) -> str:
-    """What must match for a checkpoint to be resumed: every training-relevant param + the data."""
-    relevant = {k: v for k, v in cfg.flat().items() if not k.startswith(_NOT_FINGERPRINTED)}
-    blob = json.dumps({"cfg": relevant, "data": tracking.digest(PREPARED_DIR)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """What must match for a checkpoint to be resumed: every training input param + the data."""
+    return provenance.fingerprint(16, cfg=provenance.training_inputs(cfg), data=digest(PREPARED_DIR))
 
 
 def write_history(history: list[dict[str, float]], val_history: list[dict], step_history: list[dict], folder: Path) -> None:
@@ -83,7 +80,7 @@ def check_tuned_for(cfg: Config) -> None:
         recorded = json.loads(TUNED_FOR.read_text())
     except ValueError:
         raise ConfigError(f"{TUNED_FOR}: not valid JSON; rerun tuning: dvc repro tune") from None
-    current = json.loads(json.dumps(tuning_inputs(cfg), default=str))  # as JSON stores it (tuples → lists)
+    current = json.loads(json.dumps(provenance.tuning_inputs(cfg), default=str))  # as JSON stores it (tuples → lists)
     changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
     if changed:
         shown = ", ".join(f"{k}: {recorded.get(k)!r} → {current.get(k)!r}" for k in changed[:3]) + (" …" if len(changed) > 3 else "")
@@ -103,126 +100,139 @@ def close_abandoned_run(run_id: str | None, log: logging.Logger) -> None:
 
 
 def run(cfg: Config, log: logging.Logger) -> None:
-    tuned = load_overrides(BEST_PARAMS)
-    if tuned:
-        check_tuned_for(cfg)
-        log.info("laying tuned parameters over params.yaml: %s", tuned)
-        cfg = cfg.with_overrides(tuned, source=str(BEST_PARAMS))
+    cfg, tuned = with_tuned_values(cfg, log)
     data = prepared.load(PREPARED_DIR)
-    train_images, train_labels = data.split("train")
-    val_images, val_labels = data.split("val")
+    (train_images, train_labels), (val_images, val_labels) = data.split("train"), data.split("val")
     world = distributed.world_from_env()
     rank_device = distributed.init(world, cuda=resolve_device(cfg.train.device).type == "cuda")
     trainer = Trainer(cfg, train_images, train_labels, len(data.class_names), rank_device, world)
     log.info("training on %s: %d images, %d steps/epoch, batch %d%s", trainer.device, len(train_images), trainer.steps_per_epoch,
              trainer.batch_size, f" ({world.size} processes × {trainer.local_batch})" if world.distributed else "")
-
-    print_fp = fingerprint(cfg)
-    resume_run_id = None
-    best = {"value": float("inf"), "epoch": 0}
-    val_history: list[dict] = []
-    step_history: list[dict] = []  # windows of train.log_every steps: models/train/step_history.csv, not MLflow metrics (one axis there: epoch)
-    if RESUME_CHECKPOINT.is_file():
-        try:
-            state = load_safe(RESUME_CHECKPOINT)
-        except CheckpointError as err:
-            log.warning("ignoring unusable resume checkpoint: %s", err)
-            state = None
-        if state is not None and state.get("fingerprint") == print_fp and int(state["epoch"]) < cfg.train.epochs:
-            restore_training_state(trainer, RESUME_CHECKPOINT)
-            resume_run_id = state.get("mlflow_run_id") or None
-            best = {"value": float(state.get("best_value", float("inf"))), "epoch": int(state.get("best_epoch", 0))}
-            val_history = list(state.get("val_history", []))
-            step_history = list(state.get("step_history", []))
-            log.info("resuming from %s at epoch %d (mlflow run %s)", RESUME_CHECKPOINT, trainer.epoch, resume_run_id)
-        elif state is not None:
-            log.info("resume checkpoint %s belongs to another config or data: starting fresh", RESUME_CHECKPOINT)
-            if world.is_main:
-                close_abandoned_run(state.get("mlflow_run_id"), log)
-
-    if not world.is_main:
-        for _ in range(trainer.epoch, cfg.train.epochs):
-            stats = trainer.train_epoch()
-            log.info("epoch %d/%d %.1fs", stats.epoch, cfg.train.epochs, stats.seconds)
+    run_fingerprint = fingerprint(cfg)
+    resume_run_id, state = resume(trainer, cfg, run_fingerprint, world.is_main, log)
+    if not world.is_main:  # rank 0 alone validates, logs and writes
+        fit(trainer, cfg.train.epochs, state=state,
+            on_epoch=lambda result, _: log.info("epoch %d/%d %.1fs", result.stats.epoch, cfg.train.epochs, result.stats.seconds))
         distributed.shutdown(world)
         return
 
     judge = class_judge(cfg, train_images, train_labels, len(data.class_names), trainer.device)
     if resume_run_id is None:
         BEST_CHECKPOINT.unlink(missing_ok=True)  # a best model of an earlier, different run
-    tuned_params = {f"tuned.{k}": v for k, v in tuned.items()}
-    with mlflow_run("train", cfg, upstream_tags("tune", BEST_PARAMS), resume_run_id=resume_run_id, extra_params=tuned_params,
-                    system_metrics=True) as run_info:
+    with mlflow_run("train", cfg, upstream_tags("tune", BEST_PARAMS), resume_run_id=resume_run_id,
+                    extra_params={f"tuned.{k}": v for k, v in tuned.items()}, system_metrics=True) as run_info:
         run_id = run_info.info.run_id
         if resume_run_id is None:
             tracking.log_dataset(train_images, train_labels, PREPARED_DIR, "training")
         started = time.perf_counter()
-        epoch_ends = [started]  # wall clock at each epoch's end, validation included
-        staging_figures = Path("logs/train_samples")
-        for _ in range(trainer.epoch, cfg.train.epochs):
-            stats = trainer.train_epoch(on_log=lambda step, means: step_history.append(
-                                            {"step": step, "epoch": round(step / trainer.steps_per_epoch, 3), **means}),
-                                        progress=f"epoch {trainer.epoch + 1}/{cfg.train.epochs}")
-            epoch_metrics = {**{f"train_{k}": v for k, v in stats.computed_losses().items()}, "images_per_second": stats.images_per_second,
-                             "epoch_seconds": stats.seconds}
-            if len(val_images) and (stats.epoch % cfg.train.sample_every == 0 or stats.epoch == cfg.train.epochs):
-                scores = validation_metrics(trainer, val_images, val_labels, cfg, judge)
-                epoch_metrics.update(scores)
-                val_history.append({"epoch": stats.epoch, **scores})
-                path = class_grid(trainer.sample, data.class_names, 8, cfg.seed, staging_figures / f"epoch_{stats.epoch:04d}.png",
-                                  f"fixed-noise samples, epoch {stats.epoch}")
-                with Image.open(path) as grid:  # the UI's image slider steps through training
-                    mlflow.log_image(np.asarray(grid.convert("RGB")), key="samples", step=stats.epoch)
-                if scores["val_objective"] < best["value"]:
-                    best = {"value": scores["val_objective"], "epoch": stats.epoch}
-                    save_ema_model(BEST_CHECKPOINT, trainer, cfg, data)
-                    log.info("new best val_objective %.3f at epoch %d", best["value"], stats.epoch)
-            mlflow.log_metrics(epoch_metrics, step=stats.epoch)
-            epoch_ends.append(time.perf_counter())
-            remaining = estimate_remaining(epoch_ends, cfg.train.epochs - stats.epoch)
-            log.info("epoch %d/%d %.1fs (%.0f img/s, about %.0f min left): %s", stats.epoch, cfg.train.epochs, stats.seconds,
-                     stats.images_per_second, remaining / 60, ", ".join(f"{k}={v:.4f}" for k, v in stats.computed_losses().items()))
-            save_training_state(trainer, RESUME_CHECKPOINT, {"fingerprint": print_fp, "mlflow_run_id": run_id, "best_value": best["value"],
-                                              "best_epoch": best["epoch"], "val_history": val_history, "step_history": step_history})
-
-        kept_epoch = keep_model(trainer, cfg, best, log)
-        with atomic_dir(TRAIN_DIR) as staging:
-            save_ema_model(staging / MODEL_FILE.name, trainer, cfg, data)
-            class_grid(trainer.sample, data.class_names, 10, cfg.seed, staging / "samples.png",
-                       f"samples of the kept model (EMA decoder, epoch {kept_epoch} of {cfg.train.epochs})")
-            write_history(trainer.history, val_history, step_history, staging)
-            training_curves(trainer.history, val_history, staging / "training_curves.png")
-            write_json_atomic(staging / "meta.json", {"epochs": cfg.train.epochs, "kept_epoch": kept_epoch, "keep": cfg.train.keep,
-                                                     "device": str(trainer.device), "tuned_params": tuned, "fingerprint": print_fp})
-        tracking.tag_outputs(MODEL_FILE)
-        kept_scores = next((row for row in val_history if row["epoch"] == kept_epoch), {})
+        validate = (lambda t: validation_metrics(t, val_images, val_labels, cfg, judge)) if len(val_images) else None
+        state = fit(trainer, cfg.train.epochs, validate, cfg.train.sample_every, state=state, record_steps=True, progress=True,
+                    on_epoch=EpochEnd(trainer, cfg, data, {"fingerprint": run_fingerprint, "mlflow_run_id": run_id}, log))
+        kept_epoch = keep_model(trainer, cfg, state, log)
+        write_outputs(trainer, cfg, data, state, kept_epoch, {"tuned_params": tuned, "fingerprint": run_fingerprint})
+        kept_scores = next((row for row in state.val_history if row["epoch"] == kept_epoch), {})
         # metrics/train.json: the kept model's validation scores (what DVC compares); losses, epochs
         # and timings are in MLflow and models/train/history.csv.
         write_metrics("train", {"validation": {k: v for k, v in kept_scores.items() if k != "epoch"}, "model": {"kept_epoch": kept_epoch}})
         mlflow.log_metrics({"epochs": trainer.epoch, "kept_epoch": kept_epoch, "train_seconds_this_run": round(time.perf_counter() - started, 2),
-                            **({"best_val_objective": best["value"]} if best["epoch"] else {})})
-        for figure in ("samples.png", "training_curves.png"):
-            mlflow.log_artifact(str(TRAIN_DIR / figure), artifact_path="figures")
-        for curve in (HISTORY_FILE, VAL_HISTORY_FILE, STEP_HISTORY_FILE):
-            mlflow.log_artifact(str(TRAIN_DIR / curve), artifact_path="curves")
-        # The model file goes to MLflow once, inside the pyfunc (runs:/<run id>/generator): no second
-        # copy of the weights as a plain run artifact.
-        description = (f"Trained by MLflow run {run_id} (train stage): epoch {kept_epoch} of {cfg.train.epochs} kept "
-                       f"(train.keep = {cfg.train.keep}), {len(train_images)} training slices, "
-                       f"{len(data.class_names)} classes ({', '.join(data.class_names)}), {trainer.image_size}² px. "
-                       f"evaluate adds its metrics as eval.* tags.")
-        version_tags = {"data_hash": tracking.prepared_data_hash(PREPARED_DIR), "train_run_id": run_id,
-                        "pipeline_run": mlflow.get_run(run_id).data.tags.get(tracking.PIPELINE_RUN_TAG, "")}
-        uri = log_generator(MODEL_FILE, cfg.mlflow.registered_model, description, version_tags)
-        mlflow.set_tag("model_uri", uri)
-        if cfg.mlflow.registered_model:
-            log.info("registered %s as MLflow model %r (pyfunc: predict({'n': 8, 'class': 0, 'seed': 0}))", uri, cfg.mlflow.registered_model)
-        else:
-            log.info("logged the model as %s (runs:/%s/generator; mlflow.registered_model is empty: not registered)", uri, run_id)
+                            **({"best_val_objective": state.best_value} if state.best_epoch else {})})
+        for artifact_path, names in (("figures", ("samples.png", "training_curves.png")), ("curves", (HISTORY_FILE, VAL_HISTORY_FILE, STEP_HISTORY_FILE))):
+            for name in names:
+                mlflow.log_artifact(str(TRAIN_DIR / name), artifact_path=artifact_path)
+        register(cfg, run_id, kept_epoch, len(train_images), data, trainer.image_size, log)
         RESUME_CHECKPOINT.unlink(missing_ok=True)
         BEST_CHECKPOINT.unlink(missing_ok=True)
         log.info("model (epoch %d, train.keep = %s) written to %s", kept_epoch, cfg.train.keep, MODEL_FILE)
     distributed.shutdown(world)
+
+
+def with_tuned_values(cfg: Config, log: logging.Logger) -> tuple[Config, dict]:
+    """params.yaml with tune's chosen values (models/tune/best_params.yaml) laid over it, and those values."""
+    tuned = load_overrides(BEST_PARAMS)
+    if tuned:
+        check_tuned_for(cfg)
+        log.info("laying tuned parameters over params.yaml: %s", tuned)
+        cfg = cfg.with_overrides(tuned, source=str(BEST_PARAMS))
+    return cfg, tuned
+
+
+def resume(trainer: Trainer, cfg: Config, run_fingerprint: str, is_main: bool, log: logging.Logger) -> tuple[str | None, RunState]:
+    """Restore ``trainer`` from the resume checkpoint when it belongs to this config and data and is
+    unfinished; returns its MLflow run id (None: a fresh run) and the run state saved with it."""
+    if not RESUME_CHECKPOINT.is_file():
+        return None, RunState()
+    try:
+        stored = load_safe(RESUME_CHECKPOINT)
+    except CheckpointError as err:
+        log.warning("ignoring unusable resume checkpoint: %s", err)
+        return None, RunState()
+    if stored.get("fingerprint") == run_fingerprint and int(stored["epoch"]) < cfg.train.epochs:
+        trainer.load_state_dict(stored)
+        run_id = stored.get("mlflow_run_id") or None
+        log.info("resuming from %s at epoch %d (mlflow run %s)", RESUME_CHECKPOINT, trainer.epoch, run_id)
+        return run_id, RunState.from_dict(stored)
+    log.info("resume checkpoint %s belongs to another config or data: starting fresh", RESUME_CHECKPOINT)
+    if is_main:
+        close_abandoned_run(stored.get("mlflow_run_id"), log)
+    return None, RunState()
+
+
+class EpochEnd:
+    """``fit``'s per-epoch callback in the train stage: the sample grid on MLflow's image slider at
+    validated epochs, the best model so far, the epoch's metrics, a log line with the time left,
+    and the resume checkpoint (with ``extra``: fingerprint and MLflow run id)."""
+
+    def __init__(self, trainer: Trainer, cfg: Config, data: prepared.PreparedData, extra: dict, log: logging.Logger):
+        self.trainer, self.cfg, self.data, self.extra, self.log = trainer, cfg, data, extra, log
+        self.epoch_ends = [time.perf_counter()]  # wall clock at each epoch's end, validation included
+
+    def __call__(self, result: EpochResult, state: RunState) -> None:
+        trainer, cfg, stats = self.trainer, self.cfg, result.stats
+        if result.scores:
+            path = class_grid(trainer.sample, self.data.class_names, 8, cfg.seed, Path("logs/train_samples") / f"epoch_{stats.epoch:04d}.png",
+                              f"fixed-noise samples, epoch {stats.epoch}")
+            with Image.open(path) as grid:  # the UI's image slider steps through training
+                mlflow.log_image(np.asarray(grid.convert("RGB")), key="samples", step=stats.epoch)
+        if result.improved:
+            save_ema_model(BEST_CHECKPOINT, trainer, cfg, self.data)
+            self.log.info("new best val_objective %.3f at epoch %d", state.best_value, stats.epoch)
+        mlflow.log_metrics({**result.metrics(), "images_per_second": stats.images_per_second, "epoch_seconds": stats.seconds}, step=stats.epoch)
+        self.epoch_ends.append(time.perf_counter())
+        remaining = estimate_remaining(self.epoch_ends, cfg.train.epochs - stats.epoch)
+        self.log.info("epoch %d/%d %.1fs (%.0f img/s, about %.0f min left): %s", stats.epoch, cfg.train.epochs, stats.seconds,
+                      stats.images_per_second, remaining / 60, ", ".join(f"{k}={v:.4f}" for k, v in stats.computed_losses().items()))
+        save_training_state(trainer, RESUME_CHECKPOINT, {**self.extra, **state.as_dict()})
+
+
+def write_outputs(trainer: Trainer, cfg: Config, data: prepared.PreparedData, state: RunState, kept_epoch: int, meta: dict) -> None:
+    """models/train/: the model file, its sample grid, the curves (CSV and figure) and meta.json, all or nothing."""
+    with atomic_dir(TRAIN_DIR) as staging:
+        save_ema_model(staging / MODEL_FILE.name, trainer, cfg, data)
+        class_grid(trainer.sample, data.class_names, 10, cfg.seed, staging / "samples.png",
+                   f"samples of the kept model (EMA decoder, epoch {kept_epoch} of {cfg.train.epochs})")
+        write_history(trainer.history, state.val_history, state.step_history, staging)
+        training_curves(trainer.history, state.val_history, staging / "training_curves.png", losses.curve_panels())
+        write_json_atomic(staging / "meta.json", {"epochs": cfg.train.epochs, "kept_epoch": kept_epoch, "keep": cfg.train.keep,
+                                                 "device": str(trainer.device), **meta})
+    tracking.tag_outputs(MODEL_FILE)
+
+
+def register(cfg: Config, run_id: str, kept_epoch: int, n_train: int, data: prepared.PreparedData, image_size: int,
+             log: logging.Logger) -> None:
+    """The model file as an MLflow pyfunc (runs:/<run id>/generator: the weights go to MLflow once,
+    there), registered under ``mlflow.registered_model`` with a description and lineage tags."""
+    description = (f"Trained by MLflow run {run_id} (train stage): epoch {kept_epoch} of {cfg.train.epochs} kept "
+                   f"(train.keep = {cfg.train.keep}), {n_train} training slices, "
+                   f"{len(data.class_names)} classes ({', '.join(data.class_names)}), {image_size}² px. "
+                   f"evaluate adds its metrics as eval.* tags.")
+    version_tags = {"data_hash": tracking.prepared_data_hash(PREPARED_DIR), "train_run_id": run_id,
+                    "pipeline_run": mlflow.get_run(run_id).data.tags.get(tracking.PIPELINE_RUN_TAG, "")}
+    uri = log_generator(MODEL_FILE, cfg.mlflow.registered_model, description, version_tags)
+    mlflow.set_tag("model_uri", uri)
+    if cfg.mlflow.registered_model:
+        log.info("registered %s as MLflow model %r (pyfunc: predict({'n': 8, 'class': 0, 'seed': 0}))", uri, cfg.mlflow.registered_model)
+    else:
+        log.info("logged the model as %s (runs:/%s/generator; mlflow.registered_model is empty: not registered)", uri, run_id)
 
 
 def estimate_remaining(epoch_ends: list[float], epochs_left: int, window: int = 3) -> float:
@@ -233,14 +243,14 @@ def estimate_remaining(epoch_ends: list[float], epochs_left: int, window: int = 
     return (recent[-1] - recent[0]) / max(1, len(recent) - 1) * epochs_left
 
 
-def keep_model(trainer: Trainer, cfg: Config, best: dict, log: logging.Logger) -> int:
+def keep_model(trainer: Trainer, cfg: Config, state: RunState, log: logging.Logger) -> int:
     """Put the model ``train.keep`` asks for into the trainer's EMA encoder/decoder; returns its epoch."""
-    if cfg.train.keep == "last" or best["epoch"] in (0, trainer.epoch):
-        if cfg.train.keep == "best" and best["epoch"] == 0:
+    if cfg.train.keep == "last" or state.best_epoch in (0, trainer.epoch):
+        if cfg.train.keep == "best" and state.best_epoch == 0:
             log.warning("train.keep = best but no epoch was validated (no validation split): keeping the last epoch")
         return trainer.epoch
     stored = load_model_file(BEST_CHECKPOINT)
     trainer.model.ema_encoder.load_state_dict(stored.encoder)
     trainer.model.ema_decoder.load_state_dict(stored.decoder)
-    log.info("train.keep = best: the model of epoch %d (val_objective %.3f) replaces the last epoch's", best["epoch"], best["value"])
-    return best["epoch"]
+    log.info("train.keep = best: the model of epoch %d (val_objective %.3f) replaces the last epoch's", state.best_epoch, state.best_value)
+    return state.best_epoch

@@ -1,70 +1,18 @@
-"""One validated configuration object for every stage, loaded from ``params.yaml``.
-
-Every knob of the pipeline lives in params.yaml, and only there: this module knows the shape and
-the rules of each value but supplies none of them (no defaults), so code, tests and users all run
-the values params.yaml holds. Errors are turned into one line that names the key path, the
-offending value and what is allowed, so a typo fails in well under a second, before any data is
-touched.
-
-Reads can be recorded (``record_reads``): the test suite uses it to check that every param a stage
-reads is declared under that stage's ``params:`` in dvc.yaml, so DVC reruns exactly what a change
-affects.
-"""
+"""The schema of params.yaml: one pydantic section per top-level key, with the shape and the rules
+of each value but none of the values (no defaults): params.yaml holds every value, and only there."""
 
 from __future__ import annotations
 
-import copy
 import difflib
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from brainsynth.config.reads import _Section
 
 
 class ConfigError(ValueError):
     """A user-facing configuration problem; its message is a single line."""
-
-
-_reads: set[str] | None = None  # key paths read while recording (record_reads)
-
-
-class _Section(BaseModel):
-    # strict: YAML's `true` is not an epoch count and "yes" is not a boolean (lax coercion would
-    # run 1 epoch, or flip a switch, without a word); floats still accept ints.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    # "train." for the train section, "" for the whole config; set by validate(). None: a section
-    # not read from params.yaml (e.g. the model settings stored in a model file), never recorded.
-    _path: str | None = PrivateAttr(default=None)
-
-    def __getattribute__(self, name: str):
-        value = super().__getattribute__(name)
-        if _reads is not None and not name.startswith("_") and name in type(self).model_fields and not isinstance(value, _Section):
-            path = super().__getattribute__("__pydantic_private__")["_path"]
-            if path is not None:
-                _reads.add(path + name)
-        return value
-
-
-def record_reads() -> set[str]:
-    """Start recording the key paths of every param read from a validated config; returns the live
-    set. Reading a whole section through ``flat()``/``model_dump()`` is not recorded (that is
-    logging, not use)."""
-    global _reads
-    _reads = set()
-    return _reads
-
-
-def _assign_paths(section: _Section, prefix: str = "") -> None:
-    section.__pydantic_private__["_path"] = prefix
-    for name in type(section).model_fields:
-        child = BaseModel.__getattribute__(section, name)
-        if isinstance(child, _Section):
-            _assign_paths(child, f"{prefix}{name}.")
-        elif isinstance(child, dict):
-            for key, item in child.items():
-                if isinstance(item, _Section):
-                    _assign_paths(item, f"{prefix}{name}.{key}.")
 
 
 class EmbeddedDataConfig(_Section):
@@ -147,6 +95,7 @@ class ModelConfig(_Section):
     critic_mbstd_group: int = Field(ge=0, le=64)
     upsample: Literal["nearest", "bilinear"]
     classifier_width: int = Field(ge=2, le=256)
+    class_embed_dim: int = Field(ge=1, le=1024)
     logvar_min: float
     logvar_max: float
 
@@ -174,6 +123,7 @@ class LossConfig(_Section):
     feature_weight: float = Field(ge=0.0)
     class_weight: float = Field(ge=0.0)
     instance_noise: float = Field(ge=0.0, le=1.0)
+    prior_fraction: float = Field(gt=0.0, le=4.0)
 
 
 class OptimConfig(_Section):
@@ -184,6 +134,7 @@ class OptimConfig(_Section):
     critic_beta1: float = Field(ge=0.0, lt=1.0)
     n_critic: int = Field(ge=1, le=10)
     ema_decay: float = Field(ge=0.0, lt=1.0)
+    ema_warmup_steps: int = Field(ge=1)
     grad_clip: float = Field(ge=0.0)
     lr_classifier: float = Field(gt=0.0, le=1.0)
 
@@ -249,6 +200,16 @@ class TuneConfig(_Section):
     search_space: dict[str, SearchDimension]
 
 
+class ClassifierConfig(_Section):
+    """The downstream slice classifier (utility, GAN-test, in-domain features, the tuning class judge)."""
+
+    width: int = Field(ge=2, le=256)
+    dropout: float = Field(ge=0.0, lt=1.0)
+    batch_size: int = Field(ge=2, le=4096)
+    lr: float = Field(gt=0.0, le=1.0)
+    min_steps: int = Field(ge=1)
+
+
 class EvaluateConfig(_Section):
     n_images: int = Field(ge=8)
     n_pairs: int = Field(ge=4)
@@ -257,6 +218,7 @@ class EvaluateConfig(_Section):
     utility_images: int = Field(ge=0)
     utility_seeds: int = Field(ge=1, le=20)
     synthetic_per_real: float = Field(ge=0.0, le=10.0)
+    classifier: ClassifierConfig
 
 
 class SwdConfig(_Section):
@@ -276,9 +238,16 @@ class GenerateConfig(_Section):
 class MlflowConfig(_Section):
     experiment: str = Field(min_length=1)
     registered_model: str
-    # brainsynth.registry.CHAMPION_METRICS (kept here as literals: config must not import MLflow)
-    champion_metric: Literal["swd", "feature_fd", "morph_distance_ratio", "tstr_balanced_accuracy_mean", "augment_gain_mean",
-                             "gan_test_balanced_accuracy", "recon_psnr", "feature_recall"]
+    champion_metric: str  # a metric the catalogue marks champion-eligible (evaluation.catalogue)
+
+    @field_validator("champion_metric")
+    @classmethod
+    def _champion_eligible(cls, value: str) -> str:
+        from brainsynth.evaluation.catalogue import champion_metrics
+
+        if value not in champion_metrics():
+            raise ValueError(f"must be one of {', '.join(champion_metrics())} (the metrics that can decide the champion)")
+        return value
 
 
 class Config(_Section):
@@ -320,27 +289,12 @@ class Config(_Section):
         raw = self.model_dump(mode="json")
         for key, value in overrides.items():
             _set_dotted(raw, key, value)
+        from brainsynth.config.load import validate
+
         return validate(raw, source=source)
 
 
-# --- helpers ---------------------------------------------------------------------------------
-
-
-# Params that do not shape what tuning finds: how many trials/workers/where, and what happens after.
-NOT_TUNING_INPUTS = ("tune.n_trials", "tune.n_workers", "tune.storage", "tune.heartbeat_seconds", "tune.min_improvement", "mlflow.", "evaluate.", "generate.",
-                     "train.sample_every", "train.log_every", "train.n_sample_images", "train.keep",
-                     "train.nproc_per_node")
-
-
-def tuning_inputs(cfg: Config) -> dict[str, Any]:
-    """The params tuning results depend on (flat), as the tune stage saw them: what train compares
-    before laying tuned values over a params.yaml that may have changed since."""
-    flat = cfg.flat()  # not recorded as reads: comparing params is not using them
-    ignored = NOT_TUNING_INPUTS if flat["tune.scale_schedule"] else (*NOT_TUNING_INPUTS, "train.epochs")  # only scaled trials use it
-    relevant = {k: v for k, v in flat.items() if not k.startswith(ignored)}
-    if flat["tune.objective"] == "swd_recon_class":  # the class judge's training budget shapes the objective
-        relevant["evaluate.utility_epochs"] = flat["evaluate.utility_epochs"]
-    return relevant
+# --- key paths -------------------------------------------------------------------------------
 
 
 def flat_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -404,108 +358,3 @@ def _value_problem(cfg: "Config", key: str, value: Any) -> str | None:
     return None
 
 
-def _first_error_line(err: ValidationError, raw: dict[str, Any], source: str) -> str:
-    first = err.errors()[0]
-    loc = [str(part) for part in first["loc"]]
-    path = ".".join(loc)
-    if first["type"] == "extra_forbidden":
-        parent_keys = [".".join(loc[:-1] + [k]) for k in _section_keys(loc[:-1])]
-        hint = _did_you_mean(path, parent_keys)
-        return f"{source}: unknown key {path!r}{hint}"
-    if first["type"] == "missing":
-        return f"{source}: missing key {path!r} (params.yaml sets every parameter; see the README's table)"
-    value = first.get("input")
-    message = first["msg"].removeprefix("Value error, ")
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    if not path:  # a check across sections: its message names the keys; the input is the whole file
-        return f"{source}: {message}{more}"
-    if isinstance(value, dict):  # a check across the keys of one section: its message names them and their values
-        return f"{source}: {path}: {message}{more}"
-    return f"{source}: {path} = {value!r}: {message}{more}"
-
-
-def _section_keys(loc: list[str]) -> list[str]:
-    model: type[BaseModel] = Config
-    for part in loc:
-        field = model.model_fields.get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return []
-        model = field.annotation
-    return list(model.model_fields)
-
-
-def validate(raw: Any, source: str = "params.yaml") -> Config:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
-    global _reads
-    recording, _reads = _reads, None  # the validators' own checks are not reads by a stage
-    try:
-        cfg = Config.model_validate(copy.deepcopy(raw))
-    except ValidationError as err:
-        raise ConfigError(_first_error_line(err, raw, source)) from None
-    finally:
-        _reads = recording
-    _assign_paths(cfg)
-    return cfg
-
-
-def load(path: str | Path = "params.yaml") -> Config:
-    """Read and validate params.yaml; raises ConfigError with a one-line message."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: parameter file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    return validate(raw, source=str(path))
-
-
-def load_overrides(path: str | Path) -> dict[str, Any]:
-    """A params file of overrides (tune's ``best_params.yaml``) as flat ``{"optim.lr": …}``; the
-    values are validated when laid over the config (``Config.with_overrides``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: missing (run the tune stage first: dvc repro tune)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise ConfigError(f"{path}: not valid YAML") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    return flatten(raw)
-
-
-def check_data_source(cfg: Config) -> None:
-    """``data.source`` is 'embedded' or an existing, non-empty folder (prepare's pre-check: a path
-    typo fails before any import or MLflow run)."""
-    source = cfg.data.source
-    if source == "embedded":
-        return
-    root = Path(source).expanduser()
-    if not root.exists():
-        raise ConfigError(f"data.source = {source!r}: no such folder (or 'embedded' for the built-in cohort)")
-    if not root.is_dir():
-        raise ConfigError(f"data.source = {source!r}: is a file; point it at the folder that holds the data")
-    if not any(not entry.name.startswith(".") for entry in root.iterdir()):
-        raise ConfigError(f"data.source = {source!r}: the folder is empty")
-
-
-def check_or_exit(path: str | Path = "params.yaml", data_source: bool = False) -> Config:
-    """Validate params.yaml before a stage imports torch and MLflow (seconds), so that a typo fails
-    in a fraction of a second: one ``error:`` line naming key, value and rule, exit status 2.
-    ``data_source``: also check that ``data.source`` exists (prepare)."""
-    try:
-        cfg = load(path)
-        if data_source:
-            check_data_source(cfg)
-        return cfg
-    except ConfigError as err:
-        import sys
-
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None

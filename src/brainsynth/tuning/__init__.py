@@ -1,0 +1,1 @@
+"""Optuna plumbing of the tune stage: the study, one trial, parallel workers."""
