@@ -19,7 +19,8 @@ QUICK := -S mlflow.experiment=brainsynth-quick -S mlflow.registered_model=brains
 	-S model.max_channels=16 -S model.cbam_res=[8] -S model.self_attention_res=[8] -S train.epochs=2 -S train.batch_size=4 \
 	-S train.sample_every=1 -S tune.n_trials=2 -S tune.epochs=1 -S tune.eval_images=8 -S tune.max_train_images=0 \
 	-S swd.patches_per_image=16 -S swd.directions=32 -S evaluate.n_images=12 -S evaluate.n_pairs=8 \
-	-S evaluate.n_recon_examples=4 -S evaluate.utility_epochs=2 -S evaluate.utility_seeds=2
+	-S evaluate.n_recon_examples=4 -S evaluate.utility_epochs=2 -S evaluate.utility_seeds=2 \
+	-S evaluate.classifier.min_steps=40 -S evaluate.judge.max_iter=50
 
 setup: $(STAMP)
 

@@ -59,7 +59,8 @@ TINY_PIPELINE = {
     "loss": {"adv_start_epoch": 0, "kl_warmup_epochs": 1},
     "tune": {"n_trials": 2, "epochs": 1, "max_train_images": 0, "eval_images": 8},
     "swd": {"patches_per_image": 16, "directions": 32},
-    "evaluate": {"n_images": 12, "n_pairs": 8, "n_recon_examples": 4, "utility_epochs": 2, "utility_seeds": 2},
+    "evaluate": {"n_images": 12, "n_pairs": 8, "n_recon_examples": 4, "utility_epochs": 2, "utility_seeds": 2, "classifier": {"min_steps": 40},
+                 "judge": {"max_iter": 50}},
 }
 
 BIN = Path(sys.executable).parent

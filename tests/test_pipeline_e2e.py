@@ -163,8 +163,10 @@ def test_metrics_files_and_keys(pipeline):
     assert "seconds" not in json.dumps(grouped) and "n_images" not in json.dumps(grouped)
     evaluation = {k: v for group in grouped.values() for k, v in group.items()}
     for key in ("recon_psnr", "recon_ssim", "ms_ssim_samples", "ms_ssim_real", "swd", "nn_ratio", "memorization_rate",
-                "trtr_balanced_accuracy_mean", "trtr_balanced_accuracy_std", "tstr_macro_f1_mean", "augmented_balanced_accuracy_mean",
-                "augment_gain_mean", "augment_gain_std", "tstr_ratio", "gan_test_balanced_accuracy", "recon_class_balanced_accuracy",
+                "trtr_balanced_accuracy_mean", "trtr_balanced_accuracy_std", "tstr_macro_f1_mean", "mix100_balanced_accuracy_mean",
+                "pretrain_balanced_accuracy_mean", "gain_mix25_mean", "gain_mix100_mean", "gain_pretrain_mean",
+                "augment_gain_mean", "augment_gain_std", "augment_gain_vs_duplicate_mean", "judge_trtr_balanced_accuracy_mean",
+                "judge_tstr_balanced_accuracy_mean", "judge_tstr_ratio", "judge_gan_test_balanced_accuracy", "feature_fd_std", "tstr_ratio", "gan_test_balanced_accuracy", "recon_class_balanced_accuracy",
                 "real_class_balanced_accuracy", "feature_fd", "feature_precision", "feature_recall", "feature_fd_real",
                 "morph_distance_ratio"):
         assert isinstance(evaluation[key], float), key

@@ -66,7 +66,7 @@ def test_grouped_metrics_lead_with_the_headline_numbers():
     groups = grouped(metrics)
     assert list(groups["realism"])[:4] == ["swd", "swd_real_baseline", "feature_fd", "feature_fd_real"]
     assert list(groups["anatomy"])[0] == "morph_distance_ratio"
-    assert list(groups["utility"])[:2] == ["tstr_ratio", "augment_gain_mean"]
+    assert list(groups["utility"])[0] == ("judge_tstr_ratio" if "judge_tstr_ratio" in metrics else "augment_gain_mean")  # the independent judge leads
     assert list(groups["reconstruction"])[0] == "recon_psnr"
     assert flattened(groups) == {k: v for k, v in metrics.items()}  # nothing lost or renamed
 

@@ -48,16 +48,20 @@ def test_balanced_accuracy_and_macro_f1_expose_a_majority_guesser():
 
 
 def test_summary_reports_mean_std_gain_per_seed_and_ratio():
-    result = UtilityResult()
-    for trtr, tstr, aug in ((0.6, 0.3, 0.7), (0.8, 0.5, 0.8)):
-        result.scores["trtr"].append({"balanced_accuracy": trtr, "macro_f1": trtr})
-        result.scores["tstr"].append({"balanced_accuracy": tstr, "macro_f1": tstr})
-        result.scores["augmented"].append({"balanced_accuracy": aug, "macro_f1": aug})
+    result = UtilityResult(uses=["mix25", "mix100", "pretrain"])
+    rows = {"trtr": (0.6, 0.8), "tstr": (0.3, 0.5), "mix25": (0.62, 0.78), "mix100": (0.7, 0.8), "pretrain": (0.5, 0.7),
+            "duplicate_mix25": (0.6, 0.8), "duplicate_mix100": (0.66, 0.78)}
+    for kind, values in rows.items():
+        for v in values:
+            result.add(kind, {"balanced_accuracy": v, "macro_f1": v})
     out = result.summary()
     assert out["trtr_balanced_accuracy_mean"] == pytest.approx(0.7)
     assert out["trtr_balanced_accuracy_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert out["gain_mix25_mean"] == pytest.approx(0.0) and out["gain_pretrain_mean"] == pytest.approx(-0.1)
+    # the best use (mix100) is what augment_gain reports, against real-only and against its duplicate-real control
     assert out["augment_gain_mean"] == pytest.approx(0.05)  # (0.1 + 0.0) / 2, paired by seed
     assert out["augment_gain_std"] == pytest.approx(np.std([0.1, 0.0], ddof=1))
+    assert out["augment_gain_vs_duplicate_mean"] == pytest.approx(0.03)  # (0.04 + 0.02) / 2
     assert out["tstr_ratio"] == pytest.approx(0.4 / 0.7)
 
 
@@ -82,14 +86,16 @@ def test_utility_on_a_toy_task_with_known_answers():
     train_x, test_x = _blobs(train_y, rng), _blobs(test_y, rng)
     faithful = lambda labels, seed: _blobs(np.asarray(labels), np.random.default_rng(seed))  # noqa: E731
     swapped = lambda labels, seed: _blobs(1 - np.asarray(labels), np.random.default_rng(seed))  # noqa: E731
-    kwargs = dict(n_classes=2, epochs=10, device=torch.device("cpu"), recipe=repo_config().evaluate.classifier)
-    good = utility(train_x, train_y, faithful, test_x, test_y, seeds=[0, 1], synthetic_per_real=1.0, **kwargs).summary()
+    kwargs = dict(n_classes=2, epochs=10, device=torch.device("cpu"), recipe=repo_config().evaluate.classifier, pretrain=False)
+    good = utility(train_x, train_y, faithful, test_x, test_y, seeds=[0, 1], ratios=[1.0], **kwargs).summary()
     # Twice as many wrong synthetic slices as real ones outvote the real labels.
-    bad = utility(train_x, train_y, swapped, test_x, test_y, seeds=[0], synthetic_per_real=2.0, **kwargs).summary()
+    bad = utility(train_x, train_y, swapped, test_x, test_y, seeds=[0], ratios=[2.0], **kwargs).summary()
     assert good["trtr_balanced_accuracy_mean"] > 0.9
-    assert good["tstr_ratio"] > 0.9 and good["augment_gain_mean"] > -0.05
+    assert good["tstr_ratio"] > 0.9 and good["augment_gain_mean"] > -0.05 and good["augment_gain_vs_duplicate_mean"] > -0.05
     assert bad["tstr_balanced_accuracy_mean"] < 0.2 and bad["tstr_ratio"] < 0.25
     assert bad["augment_gain_mean"] < -0.1
+    assert bad["augment_gain_vs_duplicate_mean"] < -0.1  # duplicated real slices do not hurt; swapped synthetic ones do
+    assert bad["duplicate_mix200_balanced_accuracy_mean"] > 0.9
 
 
 def test_csf_fraction_ranks_an_atrophy_series():
@@ -123,7 +129,7 @@ def test_feature_distances_identical_and_disjoint_sets():
     ("data.train_fraction", 0.0, "greater than 0"),
     ("data.train_fraction", 1.5, "less than or equal to 1"),
     ("evaluate.utility_seeds", 0, "greater than or equal to 1"),
-    ("evaluate.synthetic_per_real", -1, "greater than or equal to 0"),
+    ("evaluate.synthetic_per_real", [0.5, -1], "between 0 and 10"),
 ])
 def test_new_params_are_validated_with_one_line(key, value, rule):
     section, name = key.split(".")
@@ -167,5 +173,5 @@ def test_a_small_cohort_still_gets_a_trained_classifier():
     train_y, test_y = rng.integers(0, 2, 48), rng.integers(0, 2, 64)  # one batch per epoch
     faithful = lambda labels, seed: _blobs(np.asarray(labels), np.random.default_rng(seed))  # noqa: E731
     out = utility(_blobs(train_y, rng), train_y, faithful, _blobs(test_y, rng), test_y, n_classes=2, epochs=2, seeds=[0],
-                  synthetic_per_real=0.0, device=torch.device("cpu"), recipe=repo_config().evaluate.classifier).summary()
+                  ratios=[], pretrain=False, device=torch.device("cpu"), recipe=repo_config().evaluate.classifier).summary()
     assert out["trtr_balanced_accuracy_mean"] > 0.9 and out["tstr_balanced_accuracy_mean"] > 0.9

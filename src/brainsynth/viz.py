@@ -144,19 +144,33 @@ def training_curves(history: list[dict[str, float]], val_history: list[dict], pa
     return _save(fig, path)
 
 
-def utility_bars(summary: dict[str, float], chance: float, path: Path, title: str = "") -> Path:
-    """Balanced accuracy (mean ± std over seeds) of the real-only, synthetic-only and augmented
-    classifiers on the real test split, with the chance level."""
-    kinds = [(k, label) for k, label in (("trtr", "real only\n(TRTR)"), ("tstr", "synthetic only\n(TSTR)"), ("augmented", "real + synthetic"))
-             if f"{k}_balanced_accuracy_mean" in summary]
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
-    means = [summary[f"{k}_balanced_accuracy_mean"] for k, _ in kinds]
-    stds = [summary[f"{k}_balanced_accuracy_std"] for k, _ in kinds]
-    ax.bar(range(len(kinds)), means, yerr=stds, capsize=5, color=["#4c72b0", "#dd8452", "#55a868"][: len(kinds)])
+UTILITY_LABELS = {"trtr": "real only\n(TRTR)", "tstr": "synthetic only\n(TSTR)", "pretrain": "synthetic, then\nreal (pretrain)",
+                  "judge_trtr": "judge:\nreal only", "judge_tstr": "judge:\nsynthetic only"}
+
+
+def utility_bars(summary: dict[str, float], kinds: list[str], chance: float, path: Path, title: str = "") -> Path:
+    """Balanced accuracy (mean ± std over seeds) on the real test split of the classifiers of
+    ``kinds`` (real-only, synthetic-only, the uses of synthetic slices, the independent judge), with
+    each mix's duplicate-real control as a hatched bar beside it, and the chance level."""
+    bars = []
+    for kind in kinds:
+        if f"{kind}_balanced_accuracy_mean" not in summary:
+            continue
+        label = UTILITY_LABELS.get(kind, f"real +\n{kind[3:]} % synth." if kind.startswith("mix") else kind)
+        bars.append((kind, label, ""))
+        if f"duplicate_{kind}_balanced_accuracy_mean" in summary:
+            bars.append((f"duplicate_{kind}", f"real +\n{kind[3:]} % dupl.", "//"))
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(bars), 3.6))
+    means = [summary[f"{k}_balanced_accuracy_mean"] for k, _, _ in bars]
+    stds = [summary[f"{k}_balanced_accuracy_std"] for k, _, _ in bars]
+    colours = ["#999999" if k.startswith("judge_") else "#4c72b0" if k == "trtr" else "#dd8452" if k == "tstr" else "#55a868" for k, _, _ in bars]
+    ax.bar(range(len(bars)), means, yerr=stds, capsize=4, color=colours, hatch=None)
+    for patch, (_, _, hatch) in zip(ax.patches, bars):
+        patch.set_hatch(hatch)
     ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance {chance:.2f}")
     for i, (m, s) in enumerate(zip(means, stds)):
-        ax.text(i, m + s + 0.01, f"{m:.2f}", ha="center", fontsize=8)
-    ax.set_xticks(range(len(kinds)), [label for _, label in kinds], fontsize=8)
+        ax.text(i, m + s + 0.01, f"{m:.2f}", ha="center", fontsize=7)
+    ax.set_xticks(range(len(bars)), [label for _, label, _ in bars], fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("balanced accuracy on real test slices")
     ax.legend(fontsize=7, loc="upper right")

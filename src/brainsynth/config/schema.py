@@ -210,6 +210,15 @@ class ClassifierConfig(_Section):
     min_steps: int = Field(ge=1)
 
 
+class JudgeConfig(_Section):
+    """The independent judge (``brainsynth.judge``): gradient-boosted trees on anatomical features."""
+
+    bins: int = Field(ge=4, le=256)
+    ring_px: int = Field(ge=1, le=64)
+    max_iter: int = Field(ge=1, le=5000)
+    learning_rate: float = Field(gt=0.0, le=1.0)
+
+
 class EvaluateConfig(_Section):
     n_images: int = Field(ge=8)
     n_pairs: int = Field(ge=4)
@@ -217,8 +226,17 @@ class EvaluateConfig(_Section):
     utility_epochs: int = Field(ge=0)
     utility_images: int = Field(ge=0)
     utility_seeds: int = Field(ge=1, le=20)
-    synthetic_per_real: float = Field(ge=0.0, le=10.0)
+    synthetic_per_real: list[float] = Field(strict=False)  # a YAML list of mixing ratios
+    pretrain: bool
     classifier: ClassifierConfig
+    judge: JudgeConfig
+
+    @field_validator("synthetic_per_real")
+    @classmethod
+    def _ratios(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 <= r <= 10.0 for r in value) or len(set(value)) != len(value):
+            raise ValueError("must be a list of distinct mixing ratios between 0 and 10 (synthetic slices per real one)")
+        return value
 
 
 class SwdConfig(_Section):

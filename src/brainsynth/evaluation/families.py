@@ -6,8 +6,8 @@ so the numbers change). Names and directions are in ``evaluation.catalogue``.
 **A new metric is one family function here (or a key in an existing one) and one catalogue row.**
 
 A family may leave arrays for the figures in ``extras`` (keys of its own), a line for the run's
-notes in ``notes``, and the downstream utility family leaves the real-trained reference classifier
-in ``reference`` for the families after it.
+notes in ``notes``, and the downstream utility family leaves each seed's real-trained CNN in
+``references`` for the families after it.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from brainsynth import metrics as M
-from brainsynth.downstream import class_scores, penultimate_features, per_class_recall
-from brainsynth.inference import predict_classes
+from brainsynth.downstream import penultimate_features
 
 
 @dataclass
@@ -42,7 +41,7 @@ class Evaluation:
     n_pairs: int
     rng: np.random.Generator
     utility: Callable | None = None
-    reference: Any = None  # the real-trained classifier (set by the utility family)
+    references: list = field(default_factory=list)  # each seed's real-trained CNN (set by the utility family)
     extras: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
 
@@ -110,42 +109,41 @@ def memorization(e: Evaluation) -> dict[str, float]:
 
 @family("utility")
 def utility(e: Evaluation) -> dict[str, float]:
-    """TRTR / TSTR / augmented classifiers (``downstream.utility``, through the stage's cache)."""
+    """TRTR / TSTR / the uses of synthetic slices and their duplicate-real controls, by the CNN and
+    the independent judge, and both families' grades of samples, reconstructions and real slices
+    (``downstream.utility``, through the stage's cache); leaves each seed's real-trained CNN in
+    ``references``."""
     if e.utility is None:
         return {}
-    summary, e.reference = e.utility(e.rng)
-    return summary
-
-
-@family("graded")
-def graded(e: Evaluation) -> dict[str, float]:
-    """The real-trained classifier grades samples (GAN-test, overall and per class) and reconstructions,
-    beside the real test slices themselves and chance."""
-    if e.reference is None:
-        return {}
-    gan_test = predict_classes(e.reference, e.samples)
-    out = {"gan_test_balanced_accuracy": class_scores(gan_test, e.real_labels)["balanced_accuracy"]}
-    out.update({f"gan_test_{name}": v for name, v in per_class_recall(gan_test, e.real_labels, e.class_names).items()})
-    out["recon_class_balanced_accuracy"] = class_scores(predict_classes(e.reference, e.recon), e.real_labels)["balanced_accuracy"]
-    out["real_class_balanced_accuracy"] = class_scores(predict_classes(e.reference, e.real), e.real_labels)["balanced_accuracy"]
-    out["chance_balanced_accuracy"] = 1.0 / len(e.class_names)
-    return out
+    summary, e.references = e.utility(e.rng)
+    return {**summary, "chance_balanced_accuracy": 1.0 / len(e.class_names)}
 
 
 @family("features")
 def features(e: Evaluation) -> dict[str, float]:
-    """Fréchet distance and precision/recall in the real-trained classifier's feature space: samples
-    vs real test slices, and (``_real``) as many real training slices vs the same test slices."""
-    if e.reference is None:
+    """Fréchet distance and precision/recall in each seed's real-trained CNN's feature space (mean
+    and ``_std`` over seeds: one classifier's features made these numbers differ between machines):
+    samples vs real test slices, and (``_real``) as many real training slices vs the same test slices."""
+    if not e.references:
         return {}
-    real_features = penultimate_features(e.reference, e.real)
-    out = {"feature_fd": M.frechet_distance(real_features, penultimate_features(e.reference, e.samples))}
-    out.update({f"feature_{k}": v for k, v in M.precision_recall(real_features, penultimate_features(e.reference, e.samples)).items()})
+    baseline = None
     if len(e.train_images) >= len(e.real):
-        pick = np.sort(e.rng.choice(len(e.train_images), len(e.real), replace=False))
-        baseline = penultimate_features(e.reference, e.train_images[pick])
-        out["feature_fd_real"] = M.frechet_distance(real_features, baseline)
-        out.update({f"feature_{k}_real": v for k, v in M.precision_recall(real_features, baseline).items()})
+        baseline = e.train_images[np.sort(e.rng.choice(len(e.train_images), len(e.real), replace=False))]
+    per_seed: dict[str, list[float]] = {}
+    for reference in e.references:
+        real_features, sample_features = penultimate_features(reference, e.real), penultimate_features(reference, e.samples)
+        values = {"feature_fd": M.frechet_distance(real_features, sample_features),
+                  **{f"feature_{k}": v for k, v in M.precision_recall(real_features, sample_features).items()}}
+        if baseline is not None:
+            baseline_features = penultimate_features(reference, baseline)
+            values["feature_fd_real"] = M.frechet_distance(real_features, baseline_features)
+            values.update({f"feature_{k}_real": v for k, v in M.precision_recall(real_features, baseline_features).items()})
+        for key, value in values.items():
+            per_seed.setdefault(key, []).append(value)
+    out = {}
+    for key, values in per_seed.items():
+        out[key] = float(np.mean(values))
+        out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     return out
 
 

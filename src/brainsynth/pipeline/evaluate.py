@@ -10,18 +10,22 @@
   distance; ≈ 1 is healthy, ≪ 1 means copies) and ``memorization_rate`` (share of samples closer to
   a training image than the 1st percentile of test→train distances; ≈ 0.01 for new real images).
 * downstream utility (``downstream.utility``, ``evaluate.utility_seeds`` seeds): balanced accuracy
-  and macro-F1 on the real test split of classifiers trained on real slices (``trtr_*``), synthetic
-  slices (``tstr_*``) and both (``augmented_*``), as ``_mean``/``_std``; ``augment_gain_*``,
-  ``tstr_ratio``; the real-trained classifier grades samples (``gan_test_balanced_accuracy`` and
-  per class ``gan_test_<class>``) and reconstructions (``recon_class_balanced_accuracy``) against
-  ``real_class_balanced_accuracy`` on the same real test images; ``chance_balanced_accuracy`` = 1/K.
+  and macro-F1 on the real test split of CNNs trained on real slices (``trtr_*``), synthetic slices
+  (``tstr_*``), real + synthetic at each ``evaluate.synthetic_per_real`` ratio (``mix<p>_*``) and
+  pretrained on synthetic then fine-tuned on real (``pretrain_*``); ``gain_<use>_*`` against
+  real-only, ``augment_gain_*`` for the best use and ``augment_gain_vs_duplicate_*`` against its
+  duplicate-real control; the same TRTR/TSTR by the independent judge (``judge_*``,
+  ``brainsynth.judge``), which the headline quotes; each seed's real-trained CNN and judge grade
+  samples (``gan_test_*``), reconstructions (``recon_class_*``) and the real test slices
+  (``real_class_*``); ``chance_balanced_accuracy`` = 1/K.
 * anatomy: ``morph_distance_<class>`` — 1-D Wasserstein distance between the CSF-area-fraction
   distributions of generated and real test slices of a class, next to ``morph_distance_real_<class>``
   (real training vs real test), and ``morph_distance_ratio`` (the worst class's ratio, ≤ 2 is the
-  target); ``feature_fd`` / ``feature_precision`` / ``feature_recall`` in the real-trained
-  classifier's feature space next to their ``_real`` values (real training vs real test).
+  target); ``feature_fd`` / ``feature_precision`` / ``feature_recall`` in each seed's real-trained
+  CNN's feature space (mean and ``_std``) next to their ``_real`` values (real training vs real test).
 * ``fid`` / ``kid`` only when Inception weights are already on disk (never downloaded).
-Per-class values carry the class name as a suffix.
+Per-class values carry the class name as a suffix. The metric families are computed in
+``evaluation.families`` and named (group, direction, reference) in ``evaluation.catalogue``.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from brainsynth.checkpoint import CheckpointError, load_safe, save_atomic
 from brainsynth.config import Config
 from brainsynth.data import prepared
 from brainsynth.device import resolve_device
-from brainsynth.downstream import KINDS, new_classifier, utility
+from brainsynth.downstream import new_classifier, use_names, utility
 from brainsynth.evaluation.catalogue import grouped
 from brainsynth.evaluation.families import Evaluation, compute
 from brainsynth.files import atomic_dir, digest
@@ -65,8 +69,9 @@ def run(cfg: Config, log: logging.Logger) -> None:
         e = Evaluation(real, real_labels, samples, model.reconstruct(real, real_labels), train_images, train_labels, data.class_names,
                        cfg.seed, (cfg.swd.patches_per_image, cfg.swd.directions), cfg.evaluate.n_pairs, rng)
         if len(data.class_names) > 1 and cfg.evaluate.utility_epochs > 0:
-            e.utility = lambda rng: utility_metrics(cfg, model, train_images, train_labels, test_images, test_labels,
-                                                    len(data.class_names), rng, log)
+            graded = {"gan_test": (e.samples, real_labels), "recon_class": (e.recon, real_labels), "real_class": (real, real_labels)}
+            e.utility = lambda rng: utility_metrics(cfg, model, train_images, train_labels, test_images, test_labels, data.class_names,
+                                                    graded, rng, log)
         else:
             e.notes["utility"] = "skipped: needs class labels (more than one class)" if len(data.class_names) <= 1 else "skipped: evaluate.utility_epochs = 0"
         results = {"n_images": n, **compute(e)}
@@ -117,10 +122,11 @@ def write_figures(cfg: Config, model: SynthModel, data: prepared.PreparedData, e
         morphometry_figure(*e.extras["morphometry"], staging / "morphometry.png",
                            title="CSF area fraction per class (ventricles + sulci inside the brain mask)")
         nearest_real_figure(samples, real_labels, e.train_images, e.train_labels, data.class_names, staging / "nearest_real.png")
-        if e.reference is not None:
-            utility_bars(results, results["chance_balanced_accuracy"], staging / "utility.png",
+        if e.references:
+            kinds = ["trtr", "tstr", *use_names(cfg.evaluate.synthetic_per_real, cfg.evaluate.pretrain), "judge_trtr", "judge_tstr"]
+            utility_bars(results, kinds, results["chance_balanced_accuracy"], staging / "utility.png",
                          title=f"classifiers on real test slices ({cfg.evaluate.utility_seeds} seeds, mean ± std)")
-            write_utility_csv(results, staging / "utility.csv")
+            write_utility_csv(results, kinds, staging / "utility.csv")
         strips = [model.interpolate(k, cfg.seed + 4, steps=10) for k in range(max(len(data.class_names), 1))]
         labelled_grid(strips, data.class_names, staging / "interpolation.png", title="latent interpolation (spherical, between two random z)")
 
@@ -140,11 +146,13 @@ def decide_champion(cfg: Config, train_run_id: str, results: dict, log: logging.
     log.info("registry: %s", message)
 
 
-def utility_metrics(cfg: Config, model: SynthModel, train_images, train_labels, test_images, test_labels, n_classes: int,
-                    rng: np.random.Generator, log: logging.Logger):
-    """The downstream-utility summary (``downstream.utility``) and the first seed's real-trained
-    classifier, from the cache when the same model, data and utility settings were scored before
-    (the classifiers are most of evaluate's time; knobs like ``evaluate.n_pairs`` do not touch them)."""
+def utility_metrics(cfg: Config, model: SynthModel, train_images, train_labels, test_images, test_labels, class_names: list[str],
+                    graded: dict, rng: np.random.Generator, log: logging.Logger):
+    """The downstream-utility summary (``downstream.utility``, with the independent judge and the
+    grades of ``graded``) and each seed's real-trained CNN, from the cache when the same model,
+    data and utility settings were scored before (the classifiers are most of evaluate's time;
+    knobs like ``evaluate.n_pairs`` do not touch them)."""
+    n_classes = len(class_names)
     ev = cfg.evaluate
     m = min(ev.utility_images or len(train_images), len(train_images))
     pick = np.sort(rng.choice(len(train_images), m, replace=False))
@@ -154,19 +162,21 @@ def utility_metrics(cfg: Config, model: SynthModel, train_images, train_labels, 
     if cached.is_file():
         try:
             stored = load_safe(cached)
-            reference = new_classifier(n_classes, ev.classifier)
-            reference.load_state_dict(stored["reference"])
+            references = []
+            for state in stored["references"]:
+                references.append(new_classifier(n_classes, ev.classifier))
+                references[-1].load_state_dict(state)
             log.info("utility: reusing the classifiers scored for this model, data and settings (%s)", cached)
-            return {k: float(v) for k, v in stored["summary"].items()}, reference.to(model.device).eval()
+            return {k: float(v) for k, v in stored["summary"].items()}, [r.to(model.device).eval() for r in references]
         except (CheckpointError, KeyError, RuntimeError) as err:
             log.warning("utility cache %s unusable (%s): retraining", cached, err)
     result = utility(train_images[pick], train_labels[pick], model.sample, test_images, test_labels, n_classes, ev.utility_epochs,
-                     seeds, ev.synthetic_per_real, model.device, ev.classifier, on_progress=log.info)
+                     seeds, ev.synthetic_per_real, ev.pretrain, model.device, ev.classifier, ev.judge, graded, class_names, on_progress=log.info)
     summary = result.summary()
-    save_atomic({"summary": summary, "reference": {k: v.cpu() for k, v in result.reference.state_dict().items()}}, cached)
+    save_atomic({"summary": summary, "references": [{k: v.cpu() for k, v in r.state_dict().items()} for r in result.references]}, cached)
     for old in sorted(UTILITY_CACHE.glob("utility-*.pt"), key=lambda p: p.stat().st_mtime)[:-UTILITY_CACHE_ENTRIES]:
         old.unlink(missing_ok=True)
-    return summary, result.reference
+    return summary, result.references
 
 
 UTILITY_CACHE_ENTRIES = 4  # the latest models' results (an A/B of two models keeps both)
@@ -195,9 +205,9 @@ def nearest_real_figure(samples, sample_labels, train_images, train_labels, clas
     labelled_grid(rows, labels, path, title="generated slices and their nearest real training slice (same class)")
 
 
-def write_utility_csv(summary: dict[str, float], path) -> None:
+def write_utility_csv(summary: dict[str, float], kinds: list[str], path) -> None:
     """One row per classifier kind (DVC bar plot): kind, balanced accuracy mean and std."""
     lines = ["kind,balanced_accuracy,std"]
     lines += [f"{kind},{summary[f'{kind}_balanced_accuracy_mean']:.4f},{summary[f'{kind}_balanced_accuracy_std']:.4f}"
-              for kind in KINDS if f"{kind}_balanced_accuracy_mean" in summary]
+              for kind in kinds if f"{kind}_balanced_accuracy_mean" in summary]
     path.write_text("\n".join(lines) + "\n")

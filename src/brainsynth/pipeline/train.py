@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from brainsynth import distributed, losses, provenance, tracking
-from brainsynth.checkpoint import CheckpointError, load_model_file, load_safe, save_model_file, save_training_state
+from brainsynth.checkpoint import CheckpointError, load_model_file, load_safe, save_atomic, save_model_file, save_training_state
 from brainsynth.config import Config, ConfigError, load_overrides
 from brainsynth.data import prepared
 from brainsynth.device import resolve_device
@@ -205,9 +205,12 @@ class EpochEnd:
 
 
 def write_outputs(trainer: Trainer, cfg: Config, data: prepared.PreparedData, state: RunState, kept_epoch: int, meta: dict) -> None:
-    """models/train/: the model file, its sample grid, the curves (CSV and figure) and meta.json, all or nothing."""
+    """models/train/: the model file, the last critic, the sample grid, the curves (CSV and figure) and meta.json, all or nothing."""
     with atomic_dir(TRAIN_DIR) as staging:
         save_ema_model(staging / MODEL_FILE.name, trainer, cfg, data)
+        # The critic of the last epoch, for diagnostics only (benchmarks/diagnose_grade.py: its class margin).
+        save_atomic({"critic": trainer.model.critic.state_dict(), "n_classes": trainer.model.n_classes,
+                     "spectral": cfg.loss.gan == "hinge"}, staging / "critic.pt")
         class_grid(trainer.sample, data.class_names, 10, cfg.seed, staging / "samples.png",
                    f"samples of the kept model (EMA decoder, epoch {kept_epoch} of {cfg.train.epochs})")
         write_history(trainer.history, state.val_history, state.step_history, staging)
