@@ -58,7 +58,7 @@ def gradients(world: distributed.World) -> dict:
     penalty_only = collected(critic.parameters())
 
     critic.requires_grad_(False)
-    decoded = model.decode(z, labels)
+    decoded = model.vae.decode(z, labels)
     generator_loss = losses.reconstruction(decoded, real) + 0.01 * losses.generator_adversarial(critic(decoded, model.labels(labels)))
     generator_loss.backward()
     generator_step = collected(model.generator_parameters())

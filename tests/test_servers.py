@@ -124,13 +124,16 @@ def _kill_a_worker_mid_trial(study_name: str, storage: str, repro: subprocess.Po
     import optuna
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and repro.poll() is None:
+    rdb = None  # one storage (one connection pool) for the whole wait: a URL per poll opened a pool per poll
+    while time.monotonic() < deadline and repro.poll() is None:  # and ran PostgreSQL out of connections on a slow machine
+        if rdb is None and _storage_ready(storage):
+            rdb = optuna.storages.RDBStorage(storage)
         try:
-            study = optuna.load_study(study_name=study_name, storage=storage) if study_name else None
+            study = optuna.load_study(study_name=study_name, storage=rdb) if study_name else None
         except KeyError:
             study = None
         if study is None:
-            names = optuna.get_all_study_names(storage) if _storage_ready(storage) else []
+            names = optuna.get_all_study_names(rdb) if rdb is not None else []
             study_name = names[0] if names else None
         else:
             for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
