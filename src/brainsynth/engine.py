@@ -172,13 +172,13 @@ class Trainer:
         with torch.autocast(**self.autocast):
             return self.model.classifier(images)
 
-    def _update(self, optimizer: torch.optim.Optimizer, parameters: list, loss: torch.Tensor) -> None:
-        """backward → average over ranks → (generator: clip) → step."""
+    def _update(self, optimizer: torch.optim.Optimizer, parameters: list, loss: torch.Tensor, clip: float = 0.0) -> None:
+        """backward → average over ranks → clip to norm ``clip`` (0: none) → step."""
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(parameters, self.world)
-        if optimizer is self.opt_g and self.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(parameters, self.optim.grad_clip)
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(parameters, clip)
         optimizer.step()
 
     # ------------------------------------------------------------------ phases: forward → terms → update
@@ -213,7 +213,7 @@ class Trainer:
         loss, named = losses.compose("generator", forward, self.loss, progress)
         for module in frozen:
             module.requires_grad_(True)
-        self._update(self.opt_g, self.model.generator_parameters(), loss)
+        self._update(self.opt_g, self.model.generator_parameters(), loss, clip=self.optim.grad_clip)
         return named
 
     # ------------------------------------------------------------------ the step and the epoch
