@@ -147,3 +147,30 @@ def test_a_registry_uri_outside_the_repo_creates_nothing_and_names_the_store(tmp
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and f"no MLflow store at sqlite:///{tmp_path.resolve() / 'mlflow.db'}" in error[0]
     assert list(tmp_path.iterdir()) == []  # no mlflow.db, no output folder
+
+
+def test_regrade_export_rerenders_each_source_slice_and_names_it(model_file, tmp_path, capsys):
+    """--from/--to-class: every slice of the split, decoded at the requested grade from its own
+    posterior mean, each manifest entry naming its source slice; bad class/split are one-line errors."""
+    from brainsynth.data import prepared
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((10, 16, 16)) * 255).astype(np.uint8)
+    labels, splits = np.arange(10) % 3, np.array(["train"] * 6 + ["test"] * 4)
+    prepared.save(tmp_path / "prepared", images, labels, np.array([f"s{i // 2}" for i in range(10)]), splits, {"class_names": CLASSES})
+    out = tmp_path / "moderate"
+    assert generate_main(["--model", str(model_file), "--from", str(tmp_path / "prepared"), "--split", "test", "--to-class", "moderate",
+                          "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["mode"] == "regrade" and manifest["split"] == "test" and len(manifest["files"]) == 4
+    entry = manifest["files"][1]
+    assert entry["source_index"] == 7 and entry["source_subject"] == "s3" and entry["source_class"] == CLASSES[labels[7]]
+    model = SynthModel.load(model_file)
+    expected = model.regrade(images[7:8], labels[7:8], np.array([2]))[0]
+    assert np.array_equal(np.asarray(Image.open(out / entry["path"])), expected)
+    capsys.readouterr()
+    assert generate_main(["--model", str(model_file), "--from", str(tmp_path / "prepared"), "--to-class", "severe", "--out", str(tmp_path / "x")]) == 1
+    assert capsys.readouterr().err.strip() == "error: --to-class 'severe': the model knows healthy, mild, moderate"
+    assert generate_main(["--model", str(model_file), "--from", str(tmp_path / "prepared"), "--split", "val", "--to-class", "mild",
+                          "--out", str(tmp_path / "y")]) == 1
+    assert "--split 'val': no slices" in capsys.readouterr().err

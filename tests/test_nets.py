@@ -161,3 +161,21 @@ def test_old_model_files_load_without_class_norm(tmp_path):
 
     stored = load_model_file(Path(__file__).parent / "data" / "model_v1.pt")
     assert stored.model.class_norm is False
+
+
+def test_spatial_latent_model_file_round_trip_and_old_files(tmp_path, tiny_cfg):
+    """A model with a spatial latent samples from z ~ N(0, I) of its full size after a round trip
+    through the model file; files written before the option load as vector-latent models."""
+    from brainsynth.checkpoint import load_model_file, save_model_file
+    from brainsynth.inference import SynthModel
+    from brainsynth.nets import Decoder, Encoder
+
+    cfg = tiny_cfg.model.model_copy(update={"spatial_latent_channels": 1, "spatial_latent_res": 16})
+    encoder, decoder = Encoder(cfg, 32, 3), Decoder(cfg, 32, 3)
+    mu, logvar = encoder(torch.randn(2, 1, 32, 32), torch.tensor([0, 2]))
+    assert mu.shape == logvar.shape == (2, cfg.latent_dim + 16 * 16)
+    assert decoder(mu, torch.tensor([0, 2])).shape == (2, 1, 32, 32)
+    save_model_file(tmp_path / "m.pt", cfg, 32, 3, ["a", "b", "c"], encoder, decoder)
+    model = SynthModel.load(tmp_path / "m.pt")
+    assert model.vae.latent_dim == cfg.latent_dim + 256 and model.sample([0, 1, 2], seed=3).shape == (3, 32, 32)
+    assert load_model_file(Path(__file__).parent / "data" / "model_v1.pt").model.spatial_latent_channels == 0

@@ -40,7 +40,7 @@ from brainsynth.distributed import World, average_gradients, broadcast_module, m
 from brainsynth.errors import DivergenceError
 from brainsynth.inference import autocast, predict_classes, reconstruct_images, sample_images, to_unit
 from brainsynth.meters import EpochStats, LossMeter
-from brainsynth.nets import VAEGAN
+from brainsynth.nets import VAEGAN, BlurredEnsemble
 
 
 
@@ -48,7 +48,27 @@ def model_for(cfg: Config, image_size: int, n_classes: int) -> VAEGAN:
     """The VAE-GAN the config describes (conditional when there are several classes)."""
     conditioned = n_classes if cfg.model.conditional and n_classes > 1 else 0
     return VAEGAN(cfg.model, image_size, conditioned, spectral_critic=cfg.loss.gan == "hinge",
-                  classifier=cfg.loss.class_weight > 0)
+                  classifier=cfg.loss.class_weight > 0, latent_classifier=cfg.loss.latent_adv_weight > 0)
+
+
+def train_grader(cfg: Config, images: np.ndarray, labels: np.ndarray, n_classes: int, device: torch.device) -> BlurredEnsemble:
+    """The frozen ensemble of the grade-consistency loss: ``loss.consistency_members`` classifiers of
+    the project's recipe (``evaluate.classifier``) trained on the real training slices blurred by
+    ``loss.consistency_blur`` px, each with its own seed (none of the evaluation's seeds)."""
+    from brainsynth.downstream import train_classifier
+
+    sigma = cfg.loss.consistency_blur
+    grader = BlurredEnsemble([], sigma)
+    unit = to_unit(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).float())
+    blurred = ((grader.blur(unit) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
+    rng_state = torch.get_rng_state()  # training the members must not move the VAE-GAN's random stream
+    members = [train_classifier(blurred, labels, n_classes, cfg.loss.consistency_epochs, cfg.seed + GRADER_SEED_OFFSET * (k + 1), device,
+                                cfg.evaluate.classifier) for k in range(cfg.loss.consistency_members)]
+    torch.set_rng_state(rng_state)
+    return BlurredEnsemble(members, sigma).to(device)
+
+
+GRADER_SEED_OFFSET = 15_485_863  # the consistency ensemble's seeds: apart from the evaluation's (seed + i) and the judge's
 
 
 class Trainer:
@@ -100,6 +120,14 @@ class Trainer:
         self.opt_c = None
         if self.model.classifier is not None:
             self.opt_c = torch.optim.Adam(self.model.classifier.parameters(), lr=opt.lr_classifier, betas=(opt.beta1, opt.beta2), **fused)
+        self.opt_z = None
+        if self.model.latent_classifier is not None:
+            self.opt_z = torch.optim.Adam(self.model.latent_classifier.parameters(), lr=opt.lr_classifier, betas=(opt.beta1, opt.beta2), **fused)
+        self.n_classes = self.model.n_classes
+        # Not part of the model (nor of its checkpoints): rebuilt, identically, from the data and the seed.
+        self.grader = None
+        if cfg.loss.consistency_weight > 0 and self.n_classes > 1:
+            self.grader = train_grader(cfg, images, labels, self.n_classes, self.device)
 
         self.epoch = 0  # finished epochs
         self.step = 0  # finished generator steps
@@ -128,6 +156,9 @@ class Trainer:
 
     def class_term_on(self, progress: float) -> bool:
         return self.model.classifier is not None and progress >= self.loss.adv_start_epoch
+
+    def consistency_on(self, progress: float) -> bool:
+        return self.grader is not None and progress >= self.loss.adv_start_epoch
 
     # ------------------------------------------------------------------ data
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,6 +199,10 @@ class Trainer:
         with torch.autocast(**self.autocast):
             return self.model.critic(self._noisy(images), self.model.labels(labels), features=True, set_sizes=set_sizes)
 
+    def _grade(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(**self.autocast):
+            return self.grader(images)
+
     def _classify(self, images: torch.Tensor) -> torch.Tensor:
         with torch.autocast(**self.autocast):
             return self.model.classifier(images)
@@ -188,6 +223,21 @@ class Trainer:
         self._update(self.opt_c, list(self.model.classifier.parameters()), loss)
         return named
 
+    def latent_phase(self, mu: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One update of the Fader adversary on the batch's (detached) posterior means."""
+        loss, named = losses.compose("latent", losses.ClassifierForward(self.model.latent_classifier(mu.detach()), y), self.loss, self.step)
+        self._update(self.opt_z, list(self.model.latent_classifier.parameters()), loss)
+        return named
+
+    def swap_batch(self, mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``loss.prior_fraction`` × B posterior samples decoded with another grade y' ≠ y (drawn
+        uniformly): the anatomy of a real slice, rendered at a new grade. (W, 1, S, S), (W,)."""
+        n_swap = max(1, int(y.shape[0] * self.loss.prior_fraction))
+        other = (y[:n_swap] + torch.randint(1, self.n_classes, (n_swap,), device=self.device)) % self.n_classes
+        vae = self.model.vae
+        z = vae.reparameterise(mu[:n_swap], logvar[:n_swap])
+        return vae.decode(z, other), other
+
     def critic_phase(self, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, fake_labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """One critic update against detached fakes (reconstructions, then prior samples)."""
         model = self.model
@@ -207,7 +257,7 @@ class Trainer:
     def generator_phase(self, forward: losses.GeneratorForward, progress: float) -> dict[str, torch.Tensor]:
         """One encoder/decoder update from a forward pass (``decode_batch``); the critic and the
         classifier are frozen meanwhile (their gradients come from their own phases)."""
-        frozen = [m for m in (self.model.critic, self.model.classifier) if m is not None]
+        frozen = [m for m in (self.model.critic, self.model.classifier, self.model.latent_classifier) if m is not None]
         for module in frozen:
             module.requires_grad_(False)
         loss, named = losses.compose("generator", forward, self.loss, progress)
@@ -222,6 +272,7 @@ class Trainer:
         forward pass (detached), so n_critic = 1 costs no extra decoding."""
         adversarial = self.adversarial_on(progress)
         class_term = self.class_term_on(progress)
+        consistency = self.consistency_on(progress)
         meter = LossMeter()
         if self.model.classifier is not None:
             meter.add(self.classifier_phase(x, y))
@@ -231,11 +282,16 @@ class Trainer:
                     _, _, fake, fake_labels = self.decode_batch(x, y, with_prior=True)
                 meter.add(self.critic_phase(x, y, fake, fake_labels))
         with torch.autocast(**self.autocast):
-            mu, logvar, decoded, decoded_labels = self.decode_batch(x, y, with_prior=adversarial or class_term)
+            mu, logvar, decoded, decoded_labels = self.decode_batch(x, y, with_prior=adversarial or class_term or consistency)
+            swapped, swapped_labels = self.swap_batch(mu, logvar, y) if consistency else (None, None)
         if adversarial:
             meter.add(self.critic_phase(x, y, decoded, decoded_labels))
+        if self.model.latent_classifier is not None:
+            meter.add(self.latent_phase(mu, y))
         forward = losses.GeneratorForward(x, y, mu, logvar, decoded, decoded_labels, critic=self._judge if adversarial else None,
-                                          classifier=self._classify if class_term else None)
+                                          classifier=self._classify if class_term else None,
+                                          grader=self._grade if consistency else None, swapped=swapped, swapped_labels=swapped_labels,
+                                          latent_classifier=self.model.latent_classifier)
         meter.add(self.generator_phase(forward, progress))
         # EMA warm-up (as in many EMA implementations): short runs are not dominated by the init.
         self.model.update_ema(min(self.optim.ema_decay, (1 + self.step) / (self.optim.ema_warmup_steps + self.step)))
@@ -309,6 +365,7 @@ class Trainer:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "opt_c": self.opt_c.state_dict() if self.opt_c is not None else None,
+            "opt_z": self.opt_z.state_dict() if self.opt_z is not None else None,
             "epoch": self.epoch,
             "step": self.step,
             "critic_updates": self.critic_updates,
@@ -326,6 +383,8 @@ class Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
         if self.opt_c is not None:
             self.opt_c.load_state_dict(state["opt_c"])
+        if self.opt_z is not None and state.get("opt_z") is not None:
+            self.opt_z.load_state_dict(state["opt_z"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.critic_updates = int(state.get("critic_updates", 0))
         self.history = list(state["history"])

@@ -4,6 +4,13 @@ with a manifest listing every file (class, seed) and the model (source, sha256) 
     brainsynth-generate --model models/train/model.pt --n-per-class 100 --out data/synthetic
     brainsynth-generate --model models:/brainsynth/3 --n-per-class 50 --nifti --out synth/
     brainsynth-generate --model runs:/<train run id>/generator ...
+    brainsynth-generate --from data/prepared --split train --to-class moderate --out synth/moderate
+
+``--from`` re-renders real slices instead of sampling: each slice of a prepared split (``dvc repro
+prepare``'s ``data/prepared``) is encoded with its own grade and decoded with ``--to-class``: the
+same anatomy at the requested grade, if the model takes the grade from its label (the manifest
+names each image's source slice, subject and grade; ``reports/evaluate/grade_swap.png`` shows
+how well the model does it).
 
 ``--model`` takes a model file or any MLflow URI of one (``runs:/…``, ``models:/…`` of the
 registered pyfunc, whose ``artifacts/`` hold the model file).
@@ -109,6 +116,46 @@ def export(model: SynthModel, out_dir: Path, n_per_class: int, seed: int, nifti:
     return manifest
 
 
+def regrade_export(model: SynthModel, out_dir: Path, source: Path, split: str, to_class: str, model_source: str,
+                   model_file: Path | None = None, force: bool = False) -> dict:
+    """Every slice of ``split`` in the prepared data at ``source`` re-rendered at grade ``to_class``
+    (``SynthModel.regrade``), as PNGs with a manifest naming each one's source slice, written
+    atomically like ``export``. One-line ValueError for an unknown class, split or a model/data mismatch."""
+    from brainsynth.data import prepared
+
+    check_out_dir(out_dir, force)
+    if to_class not in model.class_names:
+        raise ValueError(f"--to-class {to_class!r}: the model knows {', '.join(model.class_names) or 'no classes'}")
+    try:
+        data = prepared.load(source)
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(f"--from {str(source)!r}: not a prepared dataset (run `dvc repro prepare`; {str(err).splitlines()[0]})") from None
+    if data.class_names != model.class_names or data.image_size != model.image_size:
+        raise ValueError(f"--from {str(source)!r}: its classes {data.class_names} / size {data.image_size} differ from the model's "
+                         f"{model.class_names} / {model.image_size}")
+    index = np.flatnonzero(data.splits == split)
+    if len(index) == 0:
+        raise ValueError(f"--split {split!r}: no slices in {source} (splits: {', '.join(sorted(set(data.splits.tolist())))})")
+    target = model.class_names.index(to_class)
+    images = model.regrade(data.images[index], data.labels[index], np.full(len(index), target))
+    with atomic_dir(Path(out_dir)) as staging:
+        folder = staging / _safe(to_class)
+        folder.mkdir()
+        files = []
+        for i, (image, source_index) in enumerate(zip(images, index)):
+            path = folder / f"{_safe(to_class)}_{i:05d}.png"
+            Image.fromarray(image).save(path)
+            files.append({"path": str(path.relative_to(staging)), "kind": "png", "class": to_class, "class_index": target, "index": i,
+                          "source_index": int(source_index), "source_subject": str(data.subjects[source_index]),
+                          "source_class": data.class_names[int(data.labels[source_index])]})
+        manifest = {"model": model_source, "model_digest": digest(model_file) if model_file else "", "model_sha256": _sha256(model_file),
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mode": "regrade", "source": str(source),
+                    "source_digest": digest(Path(source)), "split": split, "image_size": model.image_size, "pixel_mm": model.pixel_mm,
+                    "classes": [to_class], "files": files}
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
 def save_nifti_stack(images: np.ndarray, pixel_mm: float | None, description: str, path: Path) -> None:
     """(n, S, S) uint8 slices → one NIfTI volume (S, S, n) in mm, centred on the origin.
 
@@ -154,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nifti", action="store_true", help="also write one NIfTI stack per class")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--from", dest="source", help="re-render the real slices of this prepared dataset (data/prepared) instead of sampling")
+    parser.add_argument("--split", default="train", help="with --from: the split to re-render (train, val, test)")
+    parser.add_argument("--to-class", help="with --from: the grade to render them at")
     args = parser.parse_args(argv)
+    if (args.source is None) != (args.to_class is None):
+        parser.error("--from and --to-class go together")
     from brainsynth.serving import MAX_SEED, max_images
 
     if not 1 <= args.n_per_class <= max_images():
@@ -165,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(Path(args.out), args.force)  # before loading anything
         model_file = resolve_model_file(args.model)
         model = SynthModel.load(model_file, args.device)
+        if args.source:
+            manifest = regrade_export(model, Path(args.out), Path(args.source), args.split, args.to_class, args.model, model_file, args.force)
+            print(f"wrote {n_images(manifest)} slices of {args.source} ({args.split}) re-rendered as {args.to_class} to {args.out}")
+            return 0
         manifest = export(model, Path(args.out), args.n_per_class, args.seed, args.nifti, args.model, model_file, force=args.force)
     except (CheckpointError, OSError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)

@@ -59,7 +59,8 @@ def headline(m: dict) -> list[str]:
         lines.append(f"coverage      precision {m['feature_precision']:.2f} / recall {m['feature_recall']:.2f} ↑ "
                      f"(real {m['feature_precision_real']:.2f} / {m['feature_recall_real']:.2f})")
     if "recon_psnr" in m:
-        lines.append(f"reconstruct   PSNR {m['recon_psnr']:.2f} dB ↑, SSIM {_fmt(m['recon_ssim'])} ↑")
+        pca = f" (PCA of z's size {m['recon_psnr_pca']:.2f} dB)" if "recon_psnr_pca" in m else ""
+        lines.append(f"reconstruct   PSNR {m['recon_psnr']:.2f} dB ↑{pca}, SSIM {_fmt(m['recon_ssim'])} ↑")
     if "memorization_rate" in m:
         lines.append(f"memorisation  {100 * m['memorization_rate']:.1f} % of samples copy a training slice ↓ "
                      f"(nearest-neighbour ratio {m['nn_ratio']:.2f}, ≥ 1 is safe)")

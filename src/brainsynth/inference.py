@@ -117,6 +117,19 @@ class SynthModel:
         """(N, S, S) uint8 → posterior-mean reconstructions (N, S, S) uint8 (``VAE.reconstruct``)."""
         return reconstruct_images(self.vae, images, labels, self.device, self.bf16)
 
+    @torch.no_grad()
+    def regrade(self, images: np.ndarray, labels: np.ndarray, new_labels: np.ndarray) -> np.ndarray:
+        """(N, S, S) uint8 slices of grades ``labels`` re-rendered at ``new_labels``: the posterior
+        mean of each slice decoded with its new grade (the same anatomy, if the decoder takes the
+        grade from y). Returns (N, S, S) uint8."""
+        self.vae.eval()
+        out = []
+        for start, x in unit_batches(images, self.device):
+            with torch.autocast(**autocast(self.device, self.bf16)):
+                mu, _ = self.vae.encode(x, _labels(labels, start, start + len(x), self.device))
+                out.append(to_uint8(self.vae.decode(mu.to(x.dtype), _labels(new_labels, start, start + len(x), self.device))).cpu())
+        return torch.cat(out).squeeze(1).numpy() if out else np.zeros((0, self.image_size, self.image_size), np.uint8)
+
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", bf16: bool = True) -> "SynthModel":
         """``bf16``: sample under bf16 autocast on CUDA (an inference choice, not part of the model)."""

@@ -104,7 +104,10 @@ class GeneratorForward:
     reconstructions, then P prior samples; decoded_labels (B + P,). ``critic(images, labels,
     set_sizes)`` → (scores (N,), mid-level features): instance noise added, no critic gradients;
     None before the critic starts (``loss.adv_start_epoch``). ``classifier(images)`` → logits (N, K);
-    None when the class term is off at this step.
+    None when the class term is off at this step. ``grader(images)`` → logits (N, K) of the frozen
+    blurred ensemble (grade consistency), with ``swapped`` (W, 1, S, S): posterior samples decoded
+    with another grade ``swapped_labels`` (W,); None when that term is off at this step.
+    ``latent_classifier(mu)`` → logits (B, K): the Fader adversary, frozen here; None when off.
     """
 
     x: torch.Tensor
@@ -115,6 +118,10 @@ class GeneratorForward:
     decoded_labels: torch.Tensor
     critic: Callable | None = None
     classifier: Callable | None = None
+    grader: Callable | None = None
+    swapped: torch.Tensor | None = None
+    swapped_labels: torch.Tensor | None = None
+    latent_classifier: Callable | None = None
     _fake_judged: tuple | None = field(default=None, repr=False)
 
     @property
@@ -152,7 +159,8 @@ class CriticForward:
 
 @dataclass
 class ClassifierForward:
-    """The auxiliary classifier's logits (B, K) on the real batch and its labels (B,)."""
+    """A classifier's logits (B, K) on the real batch (the auxiliary classifier: the images; the
+    latent classifier: their posterior means) and its labels (B,)."""
 
     logits: torch.Tensor
     labels: torch.Tensor
@@ -174,7 +182,7 @@ class Term:
 
 
 TERMS: list[Term] = []
-PHASES = ("generator", "critic", "classifier")
+PHASES = ("generator", "critic", "classifier", "latent")
 TOTALS = {"generator": "loss_g"}  # phases whose weighted total is reported too (the others' is their one term)
 
 
@@ -286,6 +294,33 @@ def class_term(f: GeneratorForward, cfg) -> torch.Tensor | None:
     return classification(f.classifier(f.decoded[f.n_recon:]), f.decoded_labels[f.n_recon:])
 
 
+def consistency_ramp(cfg, progress: float) -> float:
+    """Linear ramp over ``loss.consistency_ramp_epochs`` from ``loss.adv_start_epoch``."""
+    ramp = cfg.consistency_ramp_epochs
+    return 1.0 if ramp == 0 else min(1.0, max(0.0, progress - cfg.adv_start_epoch) / ramp)
+
+
+@term("grade", "generator", weight="consistency_weight", schedule=consistency_ramp)
+def grade_consistency_term(f: GeneratorForward, cfg) -> torch.Tensor | None:
+    """Reconstructions, grade-swapped reconstructions and prior samples must be read as the grade
+    they were decoded with by the frozen blurred ensemble (ICAM-style consistency)."""
+    if f.grader is None:
+        return None
+    images, labels = f.decoded, f.decoded_labels
+    if f.swapped is not None:
+        images, labels = torch.cat([images, f.swapped.to(images.dtype)]), torch.cat([labels, f.swapped_labels])
+    return classification(f.grader(images), labels)
+
+
+@term("latent_adv", "generator", weight="latent_adv_weight")
+def latent_adversarial_term(f: GeneratorForward, cfg) -> torch.Tensor | None:
+    """The encoder leaves the Fader adversary at chance: cross-entropy of its prediction against the
+    uniform distribution over the classes (bounded, unlike maximising its loss)."""
+    if f.latent_classifier is None:
+        return None
+    return -F.log_softmax(f.latent_classifier(f.mu), dim=1).mean()
+
+
 # --- critic terms --------------------------------------------------------------------------------
 
 
@@ -324,4 +359,10 @@ def wasserstein_estimate(c: CriticForward, cfg) -> torch.Tensor:
 @term("cls_real", "classifier")
 def classifier_term(c: ClassifierForward, cfg) -> torch.Tensor:
     """The auxiliary classifier's cross-entropy on real training images."""
+    return classification(c.logits, c.labels)
+
+
+@term("latent_cls", "latent")
+def latent_classifier_term(c: ClassifierForward, cfg) -> torch.Tensor:
+    """The Fader adversary's cross-entropy on the (detached) posterior means of the real batch."""
     return classification(c.logits, c.labels)

@@ -69,6 +69,18 @@ def psnr(reference: np.ndarray, test: np.ndarray) -> float:
     return float(torch.where(torch.isfinite(values), values, torch.full_like(values, 100.0)).mean())
 
 
+def pca_psnr(train: np.ndarray, test: np.ndarray, components: int, seed: int = 0) -> float:
+    """``psnr`` of (N, S, S) uint8 ``test`` slices rebuilt from ``components`` principal components
+    fitted on ``train`` (capped at what the training set allows): the linear reference a latent of
+    that many numbers should beat (scikit-learn's PCA, randomised solver where it is faster)."""
+    from sklearn.decomposition import PCA
+
+    flat = train.reshape(len(train), -1).astype(np.float64)
+    pca = PCA(n_components=min(components, *flat.shape), random_state=seed).fit(flat)
+    rebuilt = pca.inverse_transform(pca.transform(test.reshape(len(test), -1).astype(np.float64)))
+    return psnr(test, rebuilt.reshape(test.shape).round().clip(0, 255).astype(np.uint8))
+
+
 def mean_ssim(reference: np.ndarray, test: np.ndarray) -> float:
     win, _ = ms_ssim_settings(reference.shape[-1])
     return float(_ssim(_float01(test), _float01(reference), data_range=1.0, kernel_size=win))

@@ -227,7 +227,12 @@ def channel_plan(cfg: ModelConfig, image_size: int) -> list[int]:
 
 
 class Encoder(nn.Module):
-    """(B, 1, S, S) [, labels (B,)] → mu (B, Z), logvar (B, Z), logvar clamped to the config's range."""
+    """(B, 1, S, S) [, labels (B,)] → mu (B, Z), logvar (B, Z), logvar clamped to the config's range.
+
+    Z = ``latent_size(cfg)``: the vector latent (``cfg.latent_dim``, from the 4×4 features through a
+    linear head), then, with ``cfg.spatial_latent_channels`` = C > 0, a spatial latent of C maps at
+    R = ``cfg.spatial_latent_res`` (from the R×R features by a 3×3 conv), flattened: Z = latent_dim + C·R².
+    """
 
     def __init__(self, cfg: ModelConfig, image_size: int, n_classes: int = 0):
         super().__init__()
@@ -235,6 +240,7 @@ class Encoder(nn.Module):
         self.stem = nn.Conv2d(1, chans[0], 3, padding=1)
         blocks: list[nn.Module] = []
         res = image_size
+        self.spatial_tap = -1  # index of the last block at the spatial latent's resolution
         for c_in, c_out in zip(chans[:-1], chans[1:]):
             blocks.append(ResBlock(c_in, c_out, "down", norm=True, act=nn.SiLU()))
             res //= 2
@@ -242,19 +248,42 @@ class Encoder(nn.Module):
                 blocks.append(CBAM(c_out, cfg.cbam_reduction))
             if res in cfg.self_attention_res:
                 blocks.append(SelfAttention(c_out))
+            if res == cfg.spatial_latent_res:
+                self.spatial_tap, tap_channels = len(blocks) - 1, c_out
         self.blocks = nn.Sequential(*blocks)
         self.out_norm = nn.GroupNorm(_groups(chans[-1]), chans[-1])
         embed_dim = cfg.class_embed_dim if n_classes else 0
         self.embed = nn.Embedding(n_classes, embed_dim) if n_classes else None
         self.head = nn.Linear(chans[-1] * 16 + embed_dim, 2 * cfg.latent_dim)
+        self.spatial_head = None
+        if cfg.spatial_latent_channels:
+            if self.spatial_tap < 0:
+                raise ValueError(f"model.spatial_latent_res {cfg.spatial_latent_res} must lie between 4 and half the image size {image_size}")
+            self.spatial_head = nn.Sequential(nn.GroupNorm(_groups(tap_channels), tap_channels), nn.SiLU(),
+                                              nn.Conv2d(tap_channels, 2 * cfg.spatial_latent_channels, 3, padding=1))
         self.logvar_range = (cfg.logvar_min, cfg.logvar_max)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        h = F.silu(self.out_norm(self.blocks(self.stem(x)))).flatten(1)
+        h = self.stem(x)
+        spatial = None
+        for index, block in enumerate(self.blocks):
+            h = block(h)
+            if index == self.spatial_tap and self.spatial_head is not None:
+                spatial = self.spatial_head(h)  # (B, 2C, R, R)
+        h = F.silu(self.out_norm(h)).flatten(1)
         if self.embed is not None:
             h = torch.cat([h, self.embed(labels)], dim=1)
         mu, logvar = self.head(h).chunk(2, dim=1)
+        if spatial is not None:
+            spatial_mu, spatial_logvar = spatial.chunk(2, dim=1)
+            mu = torch.cat([mu, spatial_mu.flatten(1).to(mu.dtype)], dim=1)
+            logvar = torch.cat([logvar, spatial_logvar.flatten(1).to(logvar.dtype)], dim=1)
         return mu, logvar.clamp(*self.logvar_range)
+
+
+def latent_size(cfg: ModelConfig) -> int:
+    """Numbers in z: the vector latent plus the flattened spatial latent (``Encoder``)."""
+    return cfg.latent_dim + cfg.spatial_latent_channels * cfg.spatial_latent_res**2
 
 
 class Decoder(nn.Module):
@@ -262,7 +291,8 @@ class Decoder(nn.Module):
 
     The same network decodes encoder samples (reconstructions) and prior samples z ~ N(0, I).
     With ``cfg.class_norm`` (and classes) the shared class embedding also sets the gain and bias of
-    every residual block's normalisation (``ClassConditionalNorm``).
+    every residual block's normalisation (``ClassConditionalNorm``). With a spatial latent (see
+    ``Encoder``) its C maps join the features at resolution R through a 3×3 conv, added as a residual.
     """
 
     def __init__(self, cfg: ModelConfig, image_size: int, n_classes: int = 0):
@@ -274,6 +304,10 @@ class Decoder(nn.Module):
         norm_embed = embed_dim if cfg.class_norm else 0
         blocks: list[nn.Module] = []
         res = 4
+        self.spatial_tap = -2  # inject after this block (-1: right after fc, at 4×4)
+        tap_channels = chans[0]
+        if cfg.spatial_latent_res == 4:
+            self.spatial_tap = -1
         for c_in, c_out in zip(chans[:-1], chans[1:]):
             blocks.append(ResBlock(c_in, c_out, "up", norm=True, act=nn.SiLU(), upsample=cfg.upsample, class_embed_dim=norm_embed))
             res *= 2
@@ -281,20 +315,40 @@ class Decoder(nn.Module):
                 blocks.append(CBAM(c_out, cfg.cbam_reduction))
             if res in cfg.self_attention_res:
                 blocks.append(SelfAttention(c_out))
+            if res == cfg.spatial_latent_res and res < image_size:
+                self.spatial_tap, tap_channels = len(blocks) - 1, c_out
         self.blocks = nn.Sequential(*blocks)
         self.out = nn.Sequential(nn.GroupNorm(_groups(chans[-1]), chans[-1]), nn.SiLU(), nn.Conv2d(chans[-1], 1, 3, padding=1))
         self.first_channels = chans[0]
-        self.latent_dim = cfg.latent_dim
+        self.vector_dim = cfg.latent_dim
+        self.spatial_shape = (cfg.spatial_latent_channels, cfg.spatial_latent_res, cfg.spatial_latent_res)
+        self.inject = None
+        if cfg.spatial_latent_channels:
+            if self.spatial_tap == -2:
+                raise ValueError(f"model.spatial_latent_res {cfg.spatial_latent_res} must lie between 4 and half the image size {image_size}")
+            self.inject = nn.Conv2d(tap_channels + cfg.spatial_latent_channels, tap_channels, 3, padding=1)
+        self.latent_dim = latent_size(cfg)
         self.image_size = image_size
 
+    def _inject(self, h: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
+        return h + self.inject(torch.cat([h, spatial.to(h.dtype)], dim=1))
+
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        spatial = None
+        if self.inject is not None:
+            spatial = z[:, self.vector_dim :].reshape(z.shape[0], *self.spatial_shape)
+            z = z[:, : self.vector_dim]
         embedding = None
         if self.embed is not None:
             embedding = self.embed(labels)
             z = torch.cat([z, embedding.to(z.dtype)], dim=1)
         h = self.fc(z).view(z.shape[0], self.first_channels, 4, 4)
-        for block in self.blocks:
+        if self.spatial_tap == -1 and spatial is not None:
+            h = self._inject(h, spatial)
+        for index, block in enumerate(self.blocks):
             h = block(h, embedding) if isinstance(block, ResBlock) else block(h)
+            if index == self.spatial_tap and spatial is not None:
+                h = self._inject(h, spatial)
         return torch.tanh(self.out(h))
 
 
@@ -349,6 +403,51 @@ class Critic(nn.Module):
         return (score, mid) if features else score
 
 
+class LatentClassifier(nn.Module):
+    """The Fader adversary (Lample et al. 2017): reads the class from the posterior mean. The encoder
+    is trained to leave it at chance, so z carries no grade and the decoder must take it from y.
+
+    (B, Z) → (B, K) logits
+    """
+
+    def __init__(self, latent_dim: int, n_classes: int, hidden: int = 128, dropout: float = 0.3):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.LeakyReLU(0.2), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.float())
+
+
+class BlurredEnsemble(nn.Module):
+    """Frozen grade judges for the consistency loss (ICAM's frozen classifier, Bass et al. 2020):
+    classifiers trained on real slices blurred by ``sigma`` px, applied to images blurred the same
+    way, logits averaged. The blur keeps them on coarse anatomy (ventricles, CSF), so their
+    gradient moves anatomy rather than inventing pixel texture. Never trained here.
+
+    (B, 1, S, S) in [-1, 1] → (B, K) logits
+    """
+
+    def __init__(self, members: list[nn.Module], sigma: float):
+        super().__init__()
+        self.members = nn.ModuleList(members).eval().requires_grad_(False)
+        self.sigma = sigma
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sigma <= 0:
+            return x
+        from torchvision.transforms.v2.functional import gaussian_blur
+
+        size = 2 * math.ceil(3 * self.sigma) + 1
+        return gaussian_blur(x, [size, size], [self.sigma, self.sigma])
+
+    def train(self, mode: bool = True) -> "BlurredEnsemble":
+        return super().train(False)  # frozen: BatchNorm keeps its running statistics
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blur(x)
+        return torch.stack([member(x).float() for member in self.members]).mean(dim=0)
+
+
 class VAE:
     """The one meaning of encode, sample and reconstruct, over an encoder and its decoder (MONAI's
     ``AutoencoderKL`` is the model). A view, not a module: the weights stay in ``VAEGAN.encoder``/
@@ -396,22 +495,25 @@ class VAE:
 
 class VAEGAN(nn.Module):
     """The model: encoder, decoder (= generator) and critic, an EMA copy of encoder and decoder
-    for sampling, and (``classifier=True``, conditional only) the auxiliary classifier.
+    for sampling, (``classifier=True``, conditional only) the auxiliary classifier and
+    (``latent_classifier=True``, conditional only) the Fader adversary on z.
     ``vae`` and ``ema_vae`` are the live and the EMA pair seen through the ``VAE`` API.
 
     ``n_classes`` is the number of classes the nets are conditioned on (0 = unconditional).
     """
 
-    def __init__(self, cfg: ModelConfig, image_size: int, n_classes: int, spectral_critic: bool = False, classifier: bool = False):
+    def __init__(self, cfg: ModelConfig, image_size: int, n_classes: int, spectral_critic: bool = False, classifier: bool = False,
+                 latent_classifier: bool = False):
         super().__init__()
         self.n_classes = n_classes
-        self.latent_dim = cfg.latent_dim
+        self.latent_dim = latent_size(cfg)
         self.encoder = Encoder(cfg, image_size, n_classes)
         self.decoder = Decoder(cfg, image_size, n_classes)
         self.critic = Critic(cfg, image_size, n_classes, spectral=spectral_critic)
         self.ema_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.ema_decoder = copy.deepcopy(self.decoder).requires_grad_(False)
         self.classifier = SliceClassifier(n_classes, cfg.classifier_width, norm="group") if classifier and n_classes else None
+        self.latent_classifier = LatentClassifier(latent_size(cfg), n_classes) if latent_classifier and n_classes else None
 
     @property
     def vae(self) -> VAE:

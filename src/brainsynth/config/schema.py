@@ -96,6 +96,8 @@ class ModelConfig(_Section):
     upsample: Literal["nearest", "bilinear"]
     classifier_width: int = Field(ge=2, le=256)
     class_embed_dim: int = Field(ge=1, le=1024)
+    spatial_latent_channels: int = Field(ge=0, le=64)
+    spatial_latent_res: int
     logvar_min: float
     logvar_max: float
 
@@ -106,6 +108,8 @@ class ModelConfig(_Section):
         for res in [*self.self_attention_res, *self.cbam_res]:
             if res < 4 or res & (res - 1):
                 raise ValueError(f"attention resolution {res} must be a power of two >= 4")
+        if self.spatial_latent_res < 4 or self.spatial_latent_res & (self.spatial_latent_res - 1):
+            raise ValueError(f"spatial_latent_res {self.spatial_latent_res} must be a power of two >= 4")
         return self
 
 
@@ -124,6 +128,12 @@ class LossConfig(_Section):
     class_weight: float = Field(ge=0.0)
     instance_noise: float = Field(ge=0.0, le=1.0)
     prior_fraction: float = Field(gt=0.0, le=4.0)
+    consistency_weight: float = Field(ge=0.0)
+    consistency_members: int = Field(ge=1, le=16)
+    consistency_epochs: int = Field(ge=1)
+    consistency_blur: float = Field(ge=0.0, le=8.0)
+    consistency_ramp_epochs: float = Field(ge=0.0)
+    latent_adv_weight: float = Field(ge=0.0)
 
 
 class OptimConfig(_Section):
@@ -280,6 +290,13 @@ class Config(_Section):
     evaluate: EvaluateConfig
     generate: GenerateConfig
     mlflow: MlflowConfig
+
+    @model_validator(mode="after")
+    def _spatial_latent_fits(self) -> "Config":
+        res, size = self.model.spatial_latent_res, self.data.image_size
+        if self.model.spatial_latent_channels and res >= size:
+            raise ValueError(f"model.spatial_latent_res {res} must be below data.image_size {size} (the encoder reaches it by halving)")
+        return self
 
     @model_validator(mode="after")
     def _search_space_names_real_keys(self) -> "Config":

@@ -41,6 +41,7 @@ class Evaluation:
     n_pairs: int
     rng: np.random.Generator
     utility: Callable | None = None
+    latent_numbers: int = 0  # numbers in the model's z (the PCA reference of reconstruction has as many components); 0 = no reference
     references: list = field(default_factory=list)  # each seed's real-trained CNN (set by the utility family)
     extras: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
@@ -67,7 +68,12 @@ def compute(e: Evaluation) -> dict[str, float]:
 
 @family("reconstruction")
 def reconstruction(e: Evaluation) -> dict[str, float]:
-    return {"recon_psnr": M.psnr(e.real, e.recon), "recon_ssim": M.mean_ssim(e.real, e.recon)}
+    """PSNR and SSIM of the reconstructions; ``recon_psnr_pca``: PCA with as many components as z has
+    numbers, fitted on the training split, same PSNR (the linear bar a latent of that size should clear)."""
+    out = {"recon_psnr": M.psnr(e.real, e.recon), "recon_ssim": M.mean_ssim(e.real, e.recon)}
+    if e.latent_numbers:
+        out["recon_psnr_pca"] = M.pca_psnr(e.train_images, e.real, e.latent_numbers, e.seed)
+    return out
 
 
 @family("realism")

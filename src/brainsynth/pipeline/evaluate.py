@@ -67,7 +67,8 @@ def run(cfg: Config, log: logging.Logger) -> None:
         log.info("evaluating on %d test images (%d classes)", n, len(data.class_names))
         samples = model.sample(real_labels, cfg.seed + 1)
         e = Evaluation(real, real_labels, samples, model.reconstruct(real, real_labels), train_images, train_labels, data.class_names,
-                       cfg.seed, (cfg.swd.patches_per_image, cfg.swd.directions), cfg.evaluate.n_pairs, rng)
+                       cfg.seed, (cfg.swd.patches_per_image, cfg.swd.directions), cfg.evaluate.n_pairs, rng,
+                       latent_numbers=model.vae.latent_dim)
         if len(data.class_names) > 1 and cfg.evaluate.utility_epochs > 0:
             graded = {"gan_test": (e.samples, real_labels), "recon_class": (e.recon, real_labels), "real_class": (real, real_labels)}
             e.utility = lambda rng: utility_metrics(cfg, model, train_images, train_labels, test_images, test_labels, data.class_names,
@@ -93,7 +94,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
 
 def write_figures(cfg: Config, model: SynthModel, data: prepared.PreparedData, e: Evaluation, results: dict, subjects: np.ndarray) -> None:
     """reports/evaluate/: samples per class, reconstructions, real vs generated, grey-level
-    histograms, the memorisation pairs, morphometry, nearest real slices, utility bars (and CSV)
+    histograms, the grade swap, the memorisation pairs, morphometry, nearest real slices, utility bars (and CSV)
     and latent interpolations, all or nothing."""
     real, real_labels, samples, recon = e.real, e.real_labels, e.samples, e.recon
     audit = e.extras["audit"]
@@ -107,6 +108,12 @@ def write_figures(cfg: Config, model: SynthModel, data: prepared.PreparedData, e
         labelled_grid([inputs, outputs, diff], ["input", "reconstruction", "|difference|"], staging / "reconstructions.png",
                       title=f"test reconstructions: PSNR {results['recon_psnr']:.1f} dB, SSIM {results['recon_ssim']:.3f}", heat_rows=(2,))
         names = data.class_names or ["unlabelled"]
+        if len(data.class_names) > 1:
+            shown_labels = real_labels[shown[:m]]
+            regraded = [model.regrade(inputs, shown_labels, np.full(m, k)) for k in range(len(names))]
+            labelled_grid([inputs, *regraded], ["input", *[f"as {name}" for name in names]], staging / "grade_swap.png",
+                          col_labels=[names[k] for k in shown_labels],
+                          title="test slices re-rendered at every grade (posterior mean decoded with each grade)")
         labelled_grid([real[shown], samples[shown]], ["real (test)", "generated\n(same class)"], staging / "real_vs_generated.png",
                       col_labels=[names[k] for k in real_labels[shown]],
                       title=f"SWD {results['swd']:.1f}" + (f" (real-vs-real {results['swd_real_baseline']:.1f})"
