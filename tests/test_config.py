@@ -158,6 +158,19 @@ def test_lax_coercions_are_refused(section, key, value):
     assert (f"{section}.{key}" if section else key) in str(err.value) and "\n" not in str(err.value)
 
 
+def test_scientific_notation_written_by_hand_is_a_number(tmp_path):
+    """#25: YAML 1.1 reads `5e-4` as text; on a float field it is the number, elsewhere text stays refused."""
+    text = (Path(__file__).resolve().parents[1] / "params.yaml").read_text().replace("lr: 0.0005 ", "lr: 5e-4 ", 1)
+    assert "lr: 5e-4" in text
+    (tmp_path / "params.yaml").write_text(text)
+    assert load(tmp_path / "params.yaml").optim.lr == 5e-4
+    for bad in ("fast", "5e-4x"):
+        with pytest.raises(ConfigError, match="optim.lr"):
+            validate(merged(repo_params(), {"optim": {"lr": bad}}))
+    with pytest.raises(ConfigError, match="train.epochs"):
+        validate(merged(repo_params(), {"train": {"epochs": "5"}}))  # integers stay strict
+
+
 def test_yaml_lists_and_integer_floats_still_load():
     cfg = validate(merged(repo_params(), {"optim": {"lr": 1}, "data": {"embedded": {"class_fractions": [0.5, 0.25, 0.25]}}}))
     assert cfg.optim.lr == 1.0 and cfg.data.embedded.class_fractions == (0.5, 0.25, 0.25)
@@ -167,6 +180,7 @@ def test_yaml_lists_and_integer_floats_still_load():
     ({"train": {"nproc_per_node": 3}}, "train.nproc_per_node 3"),
     ({"train": {"nproc_per_node": 0}}, "train.nproc_per_node"),
     ({"tune": {"heartbeat_seconds": 0}}, "tune.heartbeat_seconds"),
+    ({"mlflow": {"registered_model": "a/b:c"}}, "mlflow.registered_model"),  # #25: used to fail after the whole training
     ({"mlflow": {"champion_metric": "accuracy"}}, "mlflow.champion_metric"),
 ])
 def test_params_of_this_session_are_validated_by_name(extra, named):

@@ -31,7 +31,7 @@ def test_a_failed_swap_keeps_the_old_folder_and_leaves_no_staging(tmp_path):
     real_replace = os.replace
 
     def failing(src, dst):
-        if str(dst) == str(target) and os.path.basename(src) != ".out.old":  # moving staging in fails; moving back works
+        if str(dst) == str(target) and not os.path.basename(src).startswith(".out.old"):  # moving staging in fails; moving back works
             raise OSError("simulated: cannot rename into place")
         return real_replace(src, dst)
 
@@ -50,3 +50,22 @@ def test_a_failed_write_leaves_the_last_good_file(tmp_path):
             handle.write(b"half")
             raise RuntimeError("killed mid-write")
     assert path.read_bytes() == b"good" and sorted(p.name for p in tmp_path.iterdir()) == ["ck.bin"]
+
+
+def test_atomic_dir_never_touches_a_folder_it_did_not_make(tmp_path):
+    """#25 bug 4: replacing X used to delete a sibling '.X.old' (and a symlinked X's backup lingered)."""
+    keep = tmp_path / ".out.old"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    for run in range(2):
+        with atomic_dir(tmp_path / "out") as staging:
+            (staging / "image.png").write_text(str(run))
+    assert (keep / "notes.txt").read_text() == "mine" and (tmp_path / "out" / "image.png").read_text() == "1"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "data.txt").write_text("theirs")
+    (tmp_path / "linked").symlink_to(elsewhere)
+    with atomic_dir(tmp_path / "linked") as staging:
+        (staging / "image.png").write_text("new")
+    assert (elsewhere / "data.txt").read_text() == "theirs" and not (tmp_path / "linked").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.old", "elsewhere", "linked", "out"]

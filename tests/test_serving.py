@@ -43,3 +43,7 @@ def test_the_cap_is_configurable(monkeypatch):
         parse_request({"n": 51})
     monkeypatch.delenv("BRAINSYNTH_MAX_IMAGES")
     assert parse_request({"n": DEFAULT_MAX_IMAGES})["n"] == DEFAULT_MAX_IMAGES
+    for bad in ("ten", "-5", "0", "2.5"):  # #25: these used to become 10 000 silently
+        monkeypatch.setenv("BRAINSYNTH_MAX_IMAGES", bad)
+        with pytest.raises(ValueError, match=f"BRAINSYNTH_MAX_IMAGES='{bad}' must be a positive whole number"):
+            parse_request({"n": 1})

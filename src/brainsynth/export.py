@@ -209,8 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--from and --to-class go together")
     from brainsynth.serving import MAX_SEED, max_images
 
-    if not 1 <= args.n_per_class <= max_images():
-        parser.error(f"--n-per-class must be 1..{max_images()} (got {args.n_per_class}; the cap is BRAINSYNTH_MAX_IMAGES)")
+    try:
+        cap = max_images()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if not 1 <= args.n_per_class <= cap:
+        parser.error(f"--n-per-class must be 1..{cap} (got {args.n_per_class}; the cap is BRAINSYNTH_MAX_IMAGES)")
     if not 0 <= args.seed <= MAX_SEED:
         parser.error(f"--seed must be 0..{MAX_SEED} (got {args.seed})")
     try:

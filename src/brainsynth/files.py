@@ -66,11 +66,14 @@ def atomic_dir(target: Path):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    backup = target.with_name(f".{target.name}.old")
-    shutil.rmtree(backup, ignore_errors=True)
+    # A fresh, unique name for the old folder: a fixed name (".X.old") would delete whatever a
+    # user keeps there. mkdtemp reserves it; renaming a folder onto an empty one replaces it.
+    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
     moved_aside = False
     try:
-        if target.exists():
+        if target.is_symlink():
+            target.unlink()  # a link is replaced, never followed: its folder is not ours to remove
+        elif target.exists():
             os.replace(target, backup)
             moved_aside = True
         os.replace(staging, target)
@@ -79,21 +82,6 @@ def atomic_dir(target: Path):
         if moved_aside and not target.exists():
             os.replace(backup, target)
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(backup, ignore_errors=True)
         raise
     shutil.rmtree(backup, ignore_errors=True)
-
-
-def digest(*paths: Path) -> str:
-    """sha256 (16 hex digits) over the files at ``paths`` (folders: every file in them, by
-    relative name); "" when none exists."""
-    hasher = hashlib.sha256()
-    found = False
-    for path in map(Path, paths):
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
-        for file in files:
-            found = True
-            hasher.update(file.relative_to(path.parent).as_posix().encode() + b"\0")
-            with open(file, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    hasher.update(block)
-    return hasher.hexdigest()[:16] if found else ""

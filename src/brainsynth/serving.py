@@ -31,8 +31,12 @@ def max_images() -> int:
     otherwise take tens of GB before failing."""
     import os
 
-    value = os.environ.get("BRAINSYNTH_MAX_IMAGES", "")
-    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_IMAGES
+    value = os.environ.get("BRAINSYNTH_MAX_IMAGES", "").strip()
+    if not value:
+        return DEFAULT_MAX_IMAGES
+    if not value.isdigit() or int(value) == 0:
+        raise ValueError(f"BRAINSYNTH_MAX_IMAGES={value!r} must be a positive whole number (unset it for {DEFAULT_MAX_IMAGES})")
+    return int(value)
 
 
 def _integer(key: str, value, low: int, high: int) -> int:

@@ -8,9 +8,15 @@ DVC reruns exactly what a change affects. ``_Section`` is the base of every sche
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationInfo, field_validator
 
 _reads: set[str] | None = None  # key paths read while recording (record_reads)
+
+
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class _Section(BaseModel):
@@ -20,6 +26,15 @@ class _Section(BaseModel):
     # "train." for the train section, "" for the whole config; set by validate(). None: a section
     # not read from params.yaml (e.g. the model settings stored in a model file), never recorded.
     _path: str | None = PrivateAttr(default=None)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _scientific_notation(cls, value: Any, info: ValidationInfo) -> Any:
+        """``5e-4`` written by hand is a string to YAML 1.1 (it wants ``5.0e-4``); on a float field a
+        string that is a plain decimal number is that number. Other strings stay refused."""
+        if isinstance(value, str) and cls.model_fields[info.field_name].annotation is float and _DECIMAL.fullmatch(value.strip()):
+            return float(value)
+        return value
 
     def __getattribute__(self, name: str):
         value = super().__getattribute__(name)

@@ -268,6 +268,15 @@ class MlflowConfig(_Section):
     registered_model: str
     champion_metric: str  # a metric the catalogue marks champion-eligible (evaluation.catalogue)
 
+    @field_validator("registered_model")
+    @classmethod
+    def _registrable(cls, value: str) -> str:
+        # MLflow's own rule (mlflow.utils.validation._validate_model_name), checked here so that a bad
+        # name fails before training instead of at registration, after it.
+        if any(c in value for c in "/:") or (value and not value.strip()):
+            raise ValueError(f"{value!r} cannot be an MLflow model name (no '/' or ':'; '' = don't register)")
+        return value
+
     @field_validator("champion_metric")
     @classmethod
     def _champion_eligible(cls, value: str) -> str:
