@@ -85,3 +85,19 @@ def atomic_dir(target: Path):
         shutil.rmtree(backup, ignore_errors=True)
         raise
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def digest(*paths: Path) -> str:
+    """sha256 (16 hex digits) over the files at ``paths`` (folders: every file in them, by
+    relative name); "" when none exists."""
+    hasher = hashlib.sha256()
+    found = False
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+        for file in files:
+            found = True
+            hasher.update(file.relative_to(path.parent).as_posix().encode() + b"\0")
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    hasher.update(block)
+    return hasher.hexdigest()[:16] if found else ""
