@@ -17,7 +17,7 @@ from brainsynth.engine import DivergenceError, Trainer
 from brainsynth import search_space
 from brainsynth.pipeline import prepare, tune
 from brainsynth.pipeline.stage import run_stage
-from helpers import write_params as write_repo_params
+from helpers import repo_config, write_params as write_repo_params
 
 TINY = {
     "mlflow": {"experiment": "tune-test"},
@@ -191,3 +191,26 @@ def test_categorical_choices_round_trip():
     for dim, value in ((lists, [8, 16]), (lists, []), (scalars, 64)):
         encoded = search_space.encode_choice(dim, value)
         assert isinstance(encoded, (str, int)) and search_space.decode_choice(dim, encoded) == value
+
+
+def test_a_postgresql_host_that_never_answers_fails_within_the_connect_timeout(monkeypatch):
+    """#25: a server that accepts the connection and then says nothing used to hang tune for minutes."""
+    import socket
+    import threading
+    import time
+
+    from brainsynth.pipeline.stage import StageError
+    from brainsynth.tuning import study
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held = []
+    threading.Thread(target=lambda: held.append(server.accept()), daemon=True).start()
+    monkeypatch.setattr(study, "CONNECT_TIMEOUT_S", 2)
+    cfg = repo_config({"tune.storage": f"postgresql://user@127.0.0.1:{server.getsockname()[1]}/optuna"})
+    started = time.monotonic()
+    with pytest.raises(StageError, match="cannot open the Optuna storage"):
+        study.open_storage(cfg)
+    assert time.monotonic() - started < 30
+    server.close()

@@ -31,6 +31,9 @@ def study_name(cfg: Config) -> str:
                                             code=provenance.code_digest("tune"))
 
 
+CONNECT_TIMEOUT_S = 10
+
+
 def open_storage(cfg: Config) -> optuna.storages.BaseStorage:
     """``tune.storage``: '' = journal file in models/tune/; an RDB URL; or a path to a journal file."""
     target = cfg.tune.storage
@@ -43,8 +46,11 @@ def open_storage(cfg: Config) -> optuna.storages.BaseStorage:
             beat = cfg.tune.heartbeat_seconds
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(target, heartbeat_interval=beat, grace_period=3 * beat,
-                                                  failed_trial_callback=close_stale_trial_run)
+                # A host that accepts the connection but never answers would otherwise hang tune
+                # (deaf to SIGTERM) for minutes: libpq gives up after CONNECT_TIMEOUT_S.
+                engine = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}} if target.startswith("postgresql") else None
+                return optuna.storages.RDBStorage(target, engine_kwargs=engine, heartbeat_interval=beat, grace_period=3 * beat,
+                                                  heartbeat_stale_trial_callback=close_stale_trial_run)
         path = Path(target) if target else STUDY_JOURNAL
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
