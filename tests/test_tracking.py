@@ -117,3 +117,20 @@ def test_champion_moves_only_when_beaten_on_the_same_data(store):
     client.set_model_version_tag("m", better, "eval.tstr_balanced_accuracy_mean", "0.5")
     assert "new champion" in promote("m", higher_is_better, {"tstr_balanced_accuracy_mean": 0.9}, "tstr_balanced_accuracy_mean", "data-a")
     assert champion() == higher_is_better  # higher is better for TSTR
+
+
+def test_logging_the_dataset_warns_of_nothing(store, tmp_path, monkeypatch):
+    """#25: every run printed MLflow's "dataset source can be interpreted in multiple ways" warning."""
+    import warnings
+
+    import numpy as np
+
+    (tmp_path / "data" / "prepared").mkdir(parents=True)
+    (tmp_path / "data" / "prepared" / "dataset.npz").write_bytes(b"x")
+    monkeypatch.setattr(tracking, "repo_root", lambda: tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with mlflow.start_run(experiment_id=store) as run:
+            tracking.log_dataset(np.zeros((2, 4, 4), np.uint8), np.zeros(2, int), Path("data/prepared"), "training")
+    assert not [w for w in caught if "interpreted in multiple ways" in str(w.message)]
+    assert MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs

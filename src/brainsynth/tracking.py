@@ -188,8 +188,14 @@ def log_dataset(images, labels, folder: Path, context: str) -> None:
     """The data a run used, in the run's Datasets column: name, DVC hash as digest, shape."""
     import mlflow.data
 
-    dataset = mlflow.data.from_numpy(images, targets=labels, source=str(repo_root() / folder), name=folder.as_posix(),
-                                     digest=prepared_data_hash(folder)[:36])
+    import warnings
+
+    with warnings.catch_warnings():
+        # MLflow registers its local-artifact source class twice and then warns, on every run, that a
+        # path "can be interpreted in multiple ways" — by two identical classes (noise, #25).
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset = mlflow.data.from_numpy(images, targets=labels, source=str(repo_root() / folder), name=folder.as_posix(),
+                                         digest=prepared_data_hash(folder)[:36])
     mlflow.log_input(dataset, context=context)
 
 
