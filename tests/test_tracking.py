@@ -134,3 +134,19 @@ def test_logging_the_dataset_warns_of_nothing(store, tmp_path, monkeypatch):
             tracking.log_dataset(np.zeros((2, 4, 4), np.uint8), np.zeros(2, int), Path("data/prepared"), "training")
     assert not [w for w in caught if "interpreted in multiple ways" in str(w.message)]
     assert MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+
+
+def test_an_unexpected_error_is_one_line_on_the_terminal_and_a_traceback_in_the_log(store, tmp_path, capsys):
+    """#25: the promised one-line error used to follow 40–70 lines of traceback on the terminal."""
+    from brainsynth.pipeline.stage import run_stage
+
+    def body(cfg, log):
+        log.info("working")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(SystemExit):
+        run_stage("evaluate", body, cfg=repo_config({"mlflow.experiment": "tracking-test"}))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "working" in err
+    assert err.strip().splitlines()[-1] == "error: evaluate failed: RuntimeError: disk on fire (traceback in logs/evaluate.log)"
+    assert "Traceback" in (tmp_path / "logs" / "evaluate.log").read_text()

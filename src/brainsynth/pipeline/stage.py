@@ -51,6 +51,7 @@ def setup_logging(stage: str, rank: int = 0, worker: int | None = None) -> Path:
     root.setLevel(logging.INFO)
     fmt = logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     terminal = logging.StreamHandler(sys.stderr)
+    terminal.addFilter(lambda record: not getattr(record, "file_only", False))  # tracebacks: the log file only
     if rank:
         terminal.setLevel(logging.WARNING)
     for handler in (logging.FileHandler(path, mode="w"), terminal):
@@ -117,7 +118,7 @@ def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], cfg: C
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except Exception as err:  # unexpected: keep the traceback in the log, one line on the terminal
-        stage_log.error("%s failed:\n%s", stage, traceback.format_exc())
+        stage_log.error("%s failed:\n%s", stage, traceback.format_exc(), extra={"file_only": True})
         message = f"{type(err).__name__}: {err}".splitlines()[0]
         _close_active_runs("FAILED", message, log_path)
         print(f"error: {stage} failed: {message} (traceback in {log_path})", file=sys.stderr)
