@@ -180,7 +180,8 @@ def test_yaml_lists_and_integer_floats_still_load():
     ({"train": {"nproc_per_node": 3}}, "train.nproc_per_node 3"),
     ({"train": {"nproc_per_node": 0}}, "train.nproc_per_node"),
     ({"tune": {"heartbeat_seconds": 0}}, "tune.heartbeat_seconds"),
-    ({"mlflow": {"registered_model": "a/b:c"}}, "mlflow.registered_model"),  # #25: used to fail after the whole training
+    ({"mlflow": {"registered_model": "a/b:c"}}, "mlflow.registered_model"),
+    ({"tune": {"storage": "postgresql://bob:hunter2@db/optuna"}}, "tune.storage = 'postgresql://bob:***@db/optuna': holds a password"),  # #25: used to fail after the whole training
     ({"mlflow": {"champion_metric": "accuracy"}}, "mlflow.champion_metric"),
 ])
 def test_params_of_this_session_are_validated_by_name(extra, named):
@@ -188,7 +189,7 @@ def test_params_of_this_session_are_validated_by_name(extra, named):
     metric fail in one line naming the key."""
     with pytest.raises(ConfigError) as err:
         validate(merged(repo_params(), extra))
-    assert named in str(err.value) and "\n" not in str(err.value)
+    assert named in str(err.value) and "\n" not in str(err.value) and "hunter2" not in str(err.value)
 
 
 @pytest.mark.parametrize("extra, named", [

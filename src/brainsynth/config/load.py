@@ -15,6 +15,13 @@ from brainsynth.config import reads
 from brainsynth.config.reads import _assign_paths
 from brainsynth.config.schema import Config, ConfigError, _did_you_mean, flatten
 
+def mask_password(url: str) -> str:
+    """``scheme://user:secret@host/db`` → ``scheme://user:***@host/db``; anything else unchanged."""
+    import re
+
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
 def _first_error_line(err: ValidationError, raw: dict[str, Any], source: str) -> str:
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"]]
@@ -26,6 +33,8 @@ def _first_error_line(err: ValidationError, raw: dict[str, Any], source: str) ->
     if first["type"] == "missing":
         return f"{source}: missing key {path!r} (params.yaml sets every parameter; see the README's table)"
     value = first.get("input")
+    if isinstance(value, str):
+        value = mask_password(value)
     message = first["msg"].removeprefix("Value error, ")
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     if not path:  # a check across sections: its message names the keys; the input is the whole file

@@ -209,6 +209,18 @@ class TuneConfig(_Section):
     min_improvement: float = Field(ge=0.0, lt=1.0)
     search_space: dict[str, SearchDimension]
 
+    @field_validator("storage")
+    @classmethod
+    def _no_secret(cls, value: str) -> str:
+        # params.yaml, dvc.lock, logs and MLflow params all go into git or a shared store: a
+        # password written here would leak through each of them.
+        from urllib.parse import urlsplit
+
+        if "://" in value and urlsplit(value).password:
+            raise ValueError("holds a password: drop it from the URL and give it to PostgreSQL through PGPASSWORD or ~/.pgpass "
+                             "(params.yaml and dvc.lock go into git)")
+        return value
+
 
 class ClassifierConfig(_Section):
     """The downstream slice classifier (utility, GAN-test, in-domain features, the tuning class judge)."""
