@@ -135,6 +135,12 @@ def test_export_never_replaces_a_users_folder_by_accident(model_file, tmp_path, 
     assert generate_main(["--model", str(model_file), "--out", str(export_dir), "--n-per-class", "2"]) == 0
     assert generate_main(["--model", str(model_file), "--out", str(precious), "--n-per-class", "1", "--force"]) == 0
     assert not (precious / "scan.nii.gz").exists()
+    # #25: a project folder is never replaced, --force or not
+    project = tmp_path / "project"
+    (project / ".git").mkdir(parents=True)
+    (project / "train.py").write_text("work")
+    assert generate_main(["--model", str(model_file), "--out", str(project), "--n-per-class", "1", "--force"]) == 1
+    assert "holds .git: a project folder is never replaced" in capsys.readouterr().err and (project / "train.py").is_file()
 
 
 def test_a_registry_uri_outside_the_repo_creates_nothing_and_names_the_store(tmp_path, monkeypatch, capsys):

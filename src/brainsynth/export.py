@@ -64,6 +64,9 @@ def resolve_model_file(source: str) -> Path:
     return candidates[0]
 
 
+PROJECT_MARKERS = (".git", ".dvc", "dvc.yaml", "pyproject.toml", "params.yaml")
+
+
 def check_out_dir(out_dir: Path, force: bool = False) -> None:
     """Refuse an export folder whose replacement would lose a user's files: the current folder or
     one containing it (always), a file, or a non-empty folder that is not an earlier export of this
@@ -74,6 +77,9 @@ def check_out_dir(out_dir: Path, force: bool = False) -> None:
         raise ValueError(f"--out {str(out_dir)!r} is the current folder or contains it: choose a new or empty folder for the export")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {str(out_dir)!r} is a file, not a folder")
+    marker = next((name for name in PROJECT_MARKERS if (out_dir / name).exists()), None)
+    if marker:
+        raise ValueError(f"--out {str(out_dir)!r} holds {marker}: a project folder is never replaced, not even with --force")
     if not force and out_dir.is_dir() and any(out_dir.iterdir()) and not _is_export(out_dir):
         raise ValueError(f"--out {str(out_dir)!r} is a non-empty folder that is not an earlier export (no brainsynth manifest.json); "
                          "the export replaces its folder whole, so choose a new folder or pass --force to replace it")
