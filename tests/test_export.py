@@ -133,6 +133,9 @@ def test_export_never_replaces_a_users_folder_by_accident(model_file, tmp_path, 
     export_dir = tmp_path / "export"
     assert generate_main(["--model", str(model_file), "--out", str(export_dir), "--n-per-class", "1"]) == 0
     assert generate_main(["--model", str(model_file), "--out", str(export_dir), "--n-per-class", "2"]) == 0
+    (export_dir / "my_labels.csv").write_text("added by the user")  # #25: a file the manifest does not list
+    assert generate_main(["--model", str(model_file), "--out", str(export_dir), "--n-per-class", "2"]) == 1
+    assert "also holds 'my_labels.csv' (not in its manifest)" in capsys.readouterr().err and (export_dir / "my_labels.csv").is_file()
     assert generate_main(["--model", str(model_file), "--out", str(precious), "--n-per-class", "1", "--force"]) == 0
     assert not (precious / "scan.nii.gz").exists()
     # #25: a project folder is never replaced, --force or not

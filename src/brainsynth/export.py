@@ -83,6 +83,13 @@ def check_out_dir(out_dir: Path, force: bool = False) -> None:
     if not force and out_dir.is_dir() and any(out_dir.iterdir()) and not _is_export(out_dir):
         raise ValueError(f"--out {str(out_dir)!r} is a non-empty folder that is not an earlier export (no brainsynth manifest.json); "
                          "the export replaces its folder whole, so choose a new folder or pass --force to replace it")
+    if not force and out_dir.is_dir() and _is_export(out_dir):
+        listed = {entry["path"] for entry in json.loads((out_dir / "manifest.json").read_text())["files"]} | {"manifest.json"}
+        extra = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file() and str(p.relative_to(out_dir)) not in listed)
+        if extra:
+            raise ValueError(f"--out {str(out_dir)!r} is an earlier export that now also holds {extra[0]!r}"
+                             f"{f' and {len(extra) - 1} more files' if len(extra) > 1 else ''} (not in its manifest); "
+                             "move them, choose a new folder or pass --force to replace it whole")
 
 
 def _is_export(folder: Path) -> bool:
