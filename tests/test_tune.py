@@ -99,6 +99,19 @@ def test_killed_study_resumes_to_n_trials_in_the_same_mlflow_run(workdir, monkey
     # a finished study with unchanged settings runs nothing; a changed search space starts a new study
     run_stage("tune", tune.run)
     assert tune_runs(workdir)[0][0].data.metrics["trials_this_run"] == 0
+    # #25 bug 2: raising tune.n_trials continues the finished study in a new run; the earlier run keeps its choice
+    first_run = parents[0]
+    write_params(workdir / "params.yaml", {"n_trials": 4})
+    run_stage("tune", tune.run)
+    run_stage("tune", tune.run)  # and the stage keeps working afterwards
+    assert len([t for t in study_of(workdir).trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 4
+    client = MlflowClient()
+    earlier = client.get_run(first_run.info.run_id)
+    assert earlier.info.status == "FINISHED" and earlier.data.params == first_run.data.params
+    latest = tune_runs(workdir)[0]
+    assert all(r.info.status == "FINISHED" for r in latest)
+    continuation = [r for r in latest if r.data.tags.get("continues_run") and r.data.metrics.get("trials_this_run") == 1]
+    assert len(continuation) == 1 and any(k.startswith("chosen.") for k in continuation[0].data.params)
     write_params(workdir / "params.yaml", {"n_trials": 1, "search_space": {"optim.lr": {"type": "float", "low": 2e-4, "high": 5e-4}}})
     run_stage("tune", tune.run)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(workdir / "models/tune/study.journal")))

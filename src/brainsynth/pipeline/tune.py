@@ -60,10 +60,18 @@ def run(cfg: Config, log: logging.Logger) -> None:
     if enabled:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(study_name=study_name(cfg), storage=open_storage(cfg), direction=objective.DIRECTION, load_if_exists=True)
-        resume_run_id = _existing_run(study.user_attrs.get("mlflow_run_id"))
+        previous = study.user_attrs.get("mlflow_run_id")
+        resume_run_id = _unfinished_run(previous)
         if resume_run_id:
             log.info("continuing study %s (%s) in MLflow run %s", study.study_name, count_states(study), resume_run_id)
+        elif previous and count_states(study)["n_trials"]:
+            # The earlier run finished (and logged its choice): it stays as it was, and this
+            # continuation (e.g. a raised tune.n_trials) gets its own run, linked by tag.
+            log.info("continuing study %s (%s) in a new MLflow run; the earlier run %s stays as it finished",
+                     study.study_name, count_states(study), previous)
     with mlflow_run("tune", cfg, upstream, resume_run_id=resume_run_id) as parent:
+        if enabled and not resume_run_id and previous:
+            mlflow.set_tags({"continues_run": previous, "optuna_study": study.study_name})
         chosen_params: dict = {}
         summary = {"n_trials": 0, "n_complete": 0, "n_pruned": 0, "n_failed": 0}
         trials_this_run, chosen_value = 0, None
@@ -143,15 +151,16 @@ def write_best_params(params: dict) -> None:
     write_text_atomic(BEST_PARAMS, header + yaml.safe_dump(nested, sort_keys=True, default_flow_style=None))
 
 
-def _existing_run(run_id: str | None) -> str | None:
-    """``run_id`` when it exists in the current tracking store (a study may outlive a store)."""
+def _unfinished_run(run_id: str | None) -> str | None:
+    """``run_id`` when it exists in the current tracking store (a study may outlive a store) and did
+    not finish (it was interrupted, killed or failed): such a run is reopened and continued."""
     if not run_id:
         return None
     try:
-        MlflowClient().get_run(run_id)
-        return run_id
+        status = MlflowClient().get_run(run_id).info.status
     except Exception:
         return None
+    return None if status == "FINISHED" else run_id
 
 
 def log_study_plots(study: optuna.Study, log: logging.Logger) -> None:
