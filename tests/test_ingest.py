@@ -280,3 +280,63 @@ def test_prepare_refuses_a_split_that_shares_a_person():
     check_subjects_isolated(subjects, np.array(["train", "train", "val", "test"]))
     with pytest.raises(DataError, match=r"subject 'p1' appears in splits test, train"):
         check_subjects_isolated(subjects, np.array(["train", "test", "val", "test"]))
+
+
+# --- data.subject_pattern: auto (#26) -------------------------------------------------------------
+
+
+def _write_pngs(root, names):
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(brain_disc(16, 16)).save(root / name)
+
+
+AUTO_CORPORA = {  # convention → (file names: 2 classes × 4 persons × 2 sessions, the persons expected)
+    "OASIS": ([f"{c}/OAS1_{int(c == 'AD')}{p:03d}_MR{s}_mpr-1_100.png" for c in ("AD", "CN") for p in range(4) for s in (1, 2)],
+              {f"OAS1_{a}{p:03d}" for a in (0, 1) for p in range(4)}),
+    "ADNI": ([f"{c}/{100 + 10 * (c == 'AD') + p:03d}_S_{4000 + p}/visit{s}.png" for c in ("AD", "CN") for p in range(4) for s in (1, 2)],
+             {f"{100 + 10 * a + p:03d}_S_{4000 + p}" for a in (0, 1) for p in range(4)}),
+    "BIDS": ([f"{c}/sub-{c}{p}/ses-{s}/anat/sub-{c}{p}_ses-{s}_T1w.png" for c in ("AD", "CN") for p in range(4) for s in (1, 2)],
+             {f"sub-{c}{p}" for c in ("AD", "CN") for p in range(4)}),
+}
+
+
+@pytest.mark.parametrize("convention", sorted(AUTO_CORPORA))
+def test_auto_subject_pattern_recognises_each_convention_and_keeps_sessions_together(tmp_path, convention, caplog):
+    from brainsynth.data.splits import check_subjects_isolated, split_by_subject
+
+    names, persons = AUTO_CORPORA[convention]
+    _write_pngs(tmp_path, names)
+    with caplog.at_level("INFO", logger="brainsynth.data"):
+        cohort = ingest(data_cfg(tmp_path, subject_pattern="auto")).cohort
+    assert set(cohort.subjects) == persons and len(cohort.subjects) == 16
+    assert f"data.subject_pattern auto: {convention} names" in caplog.text and "8 persons in 16" in caplog.text
+    splits = split_by_subject(cohort.subjects, cohort.labels, 0.25, 0.25, seed=0)
+    check_subjects_isolated(cohort.subjects, splits)
+    assert {"train", "val", "test"} == set(splits)
+
+
+def test_auto_subject_pattern_takes_dicom_patient_ids(tmp_path, caplog):
+    from brainsynth.data.splits import check_subjects_isolated, split_by_subject
+
+    yy, xx = np.mgrid[:32, :32]
+    for cls in ("AD", "CN"):
+        for p in range(4):
+            for series in ("t1_a", "t1_b"):  # two series of one patient
+                for k in range(3):
+                    write_dicom(tmp_path / cls / f"folder{p}" / series / f"IM{k}", ((yy - 16) ** 2 + (xx - 16) ** 2 < 100) * 500.0,
+                                z=2.0 * k, patient=f"Patient {cls} {p}")
+    with caplog.at_level("INFO", logger="brainsynth.data"):
+        cohort = ingest(data_cfg(tmp_path, subject_pattern="auto", volume__min_area_fraction=0.01)).cohort
+    assert set(cohort.subjects) == {f"Patient {c} {p}" for c in ("AD", "CN") for p in range(4)}
+    assert "auto: DICOM PatientID: 8 persons in 16 series" in caplog.text
+    check_subjects_isolated(cohort.subjects, split_by_subject(cohort.subjects, cohort.labels, 0.25, 0.25, seed=0))
+
+
+def test_auto_subject_pattern_refuses_a_corpus_no_convention_names(tmp_path):
+    _write_pngs(tmp_path, ["AD/OAS1_0001_MR1.png", "AD/sub-02.png", "CN/scan_003.png"])
+    with pytest.raises(DataError) as err:
+        ingest(data_cfg(tmp_path, subject_pattern="auto"))
+    message = str(err.value)
+    assert message.startswith("data.subject_pattern auto: no convention") and "set data.subject_pattern to a regex" in message
+    assert "\n" not in message

@@ -29,6 +29,7 @@ class Decoded:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     upsampled: int = 0  # slices whose source was smaller than the target size
     pixel_mm: float | None = None  # in-plane size of an output pixel (volumes: from the voxel spacing; images: unknown)
+    patient_id: bool = False  # DICOM: ``subject`` is the series' PatientID (not its folder's path)
 
 
 def is_image_file(path: Path) -> bool:
@@ -58,16 +59,43 @@ def decode_image(path: Path, size: int) -> Decoded:
     return Decoded(images=square[None], upsampled=int(max(width, height) < size))
 
 
-def subject_ids(keys: list[str], subject_pattern: str) -> list[str]:
-    """The person each unit of data belongs to, from ``data.subject_pattern`` (group 1, else the
-    whole match) searched in its key: the path below ``data.source`` (images, NIfTI) or the DICOM PatientID (else the series folder's path).
+# ``data.subject_pattern: auto``: the naming conventions recognised, tried in this order; the first
+# that finds a person in every key is used. Group 1 is the person, so sessions of one person
+# (OAS1_0001_MR1/_MR2, sub-01/ses-1, ses-2) stay together.
+CONVENTIONS = (
+    ("OASIS", r"(OAS\d_\d+)"),
+    ("ADNI", r"(\d{3}_S_\d{4})"),
+    ("BIDS", r"(?:^|/)(sub-[A-Za-z0-9]+)"),
+)
+AUTO = "auto"
 
-    An empty pattern makes the key itself the subject: the path, never the bare file name, so
-    ``AD/001.png`` and ``CN/001.png`` stay two subjects. A pattern that misses any key is an error:
-    guessing would let slices of one person fall into different splits.
+
+def subject_ids(keys: list[str], subject_pattern: str, patient_ids: bool = False) -> list[str]:
+    """The person each unit of data belongs to, from ``data.subject_pattern`` (group 1, else the
+    whole match) searched in its key: the path below ``data.source`` (images, NIfTI) or the DICOM
+    PatientID (else the series folder's path); ``patient_ids``: every key is a DICOM PatientID.
+
+    ``auto``: the first of ``CONVENTIONS`` that matches every key, else (``patient_ids``) the
+    PatientID itself; the log names the convention and the number of persons. An empty pattern
+    makes the key itself the subject: the path, never the bare file name, so ``AD/001.png`` and
+    ``CN/001.png`` stay two subjects. A pattern that misses any key is an error: guessing would
+    let slices of one person fall into different splits.
     """
+    if subject_pattern == AUTO:
+        return _auto_subject_ids(keys, patient_ids)
     if not subject_pattern:
         return list(keys)
+    ids, misses = _match(keys, subject_pattern)
+    if misses:
+        raise DataError(
+            f"data.subject_pattern '{subject_pattern}' does not match {misses[0]!r} ({len(misses)} of {len(keys)}): "
+            "fix the pattern (group 1 = the person, e.g. '(sub-[^_/]+)' for BIDS), set it to 'auto' for the common "
+            "conventions or to '' to make each file, volume or series its own subject"
+        )
+    return ids
+
+
+def _match(keys: list[str], subject_pattern: str) -> tuple[list[str], list[str]]:
     pattern = re.compile(subject_pattern)
     ids, misses = [], []
     for key in keys:
@@ -76,13 +104,30 @@ def subject_ids(keys: list[str], subject_pattern: str) -> list[str]:
             misses.append(key)
             continue
         ids.append(match.group(1) if match.groups() else match.group(0))
-    if misses:
-        raise DataError(
-            f"data.subject_pattern '{subject_pattern}' does not match {misses[0]!r} ({len(misses)} of {len(keys)}): "
-            "fix the pattern (group 1 = the person, e.g. '(sub-[^_/]+)' for BIDS) or set data.subject_pattern to '' "
-            "to make each file, volume or series its own subject"
-        )
-    return ids
+    return ids, misses
+
+
+def _auto_subject_ids(keys: list[str], patient_ids: bool) -> list[str]:
+    import logging
+
+    log = logging.getLogger("brainsynth.data")
+    closest = None
+    for name, pattern in CONVENTIONS:
+        ids, misses = _match(keys, pattern)
+        if not misses:
+            log.info("data.subject_pattern auto: %s names (%s): %d persons in %d files, volumes or series", name, pattern, len(set(ids)), len(keys))
+            return ids
+        if closest is None or len(misses) < len(closest[1]):
+            closest = (name, misses)
+    if patient_ids and keys:
+        log.info("data.subject_pattern auto: DICOM PatientID: %d persons in %d series", len(set(keys)), len(keys))
+        return list(keys)
+    name, misses = closest if closest else ("none", list(keys))
+    raise DataError(
+        f"data.subject_pattern auto: no convention (OASIS OAS1_0001, ADNI 002_S_0295, BIDS sub-<label>, DICOM PatientID) names the "
+        f"person in every file; e.g. {misses[0]!r} ({len(misses)} of {len(keys)} not {name}): set data.subject_pattern to a regex "
+        "(group 1 = the person) or to '' to make each file, volume or series its own subject"
+    )
 
 
 def subject_key(path: Path, root: Path) -> str:

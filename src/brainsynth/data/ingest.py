@@ -10,7 +10,8 @@ Layouts (``data.source`` is the root):
 
 Subjects (persons, never split across train/val/test) come from ``data.subject_pattern`` applied to
 the path below the root (images, NIfTI) or the PatientID (DICOM, else the series folder's path);
-with an empty pattern each file, volume or series is its own subject (``folder.subject_ids``).
+``auto`` recognises OASIS, ADNI and BIDS names and DICOM PatientIDs; with an empty pattern each
+file, volume or series is its own subject (``folder.subject_ids``).
 
 Hidden files and folders (``.DS_Store``, ``.dvc``) are ignored. Every other file that gives no
 slice is listed with its reason; above ``data.max_bad_fraction`` of all files the stage fails.
@@ -163,7 +164,8 @@ def ingest(cfg: DataConfig) -> Ingested:
         series = [(files_, folder.relative_to(root).as_posix() if folder != root else folder.name) for (folder, files_), _ in kept]
         results = parallel_map(functools.partial(_decode_series, cfg=cfg, size=cfg.image_size), series, cfg.workers, "series")
         decoded = [result for result in results if result.images is not None]
-        for result, subject in zip(decoded, subject_ids([result.subject for result in decoded], cfg.subject_pattern)):
+        from_patient_ids = bool(decoded) and all(result.patient_id for result in decoded)
+        for result, subject in zip(decoded, subject_ids([result.subject for result in decoded], cfg.subject_pattern, from_patient_ids)):
             result.subject = subject
 
     images, labels, subjects_out, upsampled, pixel_sizes = [], [], [], 0, []

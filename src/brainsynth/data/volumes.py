@@ -160,5 +160,5 @@ def decode_dicom_series(files: list[Path], series_name: str, cfg: VolumeConfig, 
     images, reason, upsampled = planes_to_images(planes, row_mm=spacing[0], col_mm=spacing[1], cfg=cfg, size=size)
     if images is None:
         return Decoded(skipped=skipped + [(path, reason) for path in sorted({item[2] for item in slices})])
-    return Decoded(images=images, subject=subject or series_name, skipped=skipped, upsampled=upsampled,
+    return Decoded(images=images, subject=subject or series_name, patient_id=bool(subject), skipped=skipped, upsampled=upsampled,
                    pixel_mm=output_pixel_mm(*planes.shape[1:], spacing[0], spacing[1], size))
