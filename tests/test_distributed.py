@@ -47,3 +47,31 @@ def test_two_ranks_hold_identical_weights_after_training(tmp_path):
     moved = [k for k, v in first["state"].items() if v.is_floating_point() and not torch.equal(v, first["initial"][k])]
     assert len(moved) > len(first["state"]) // 2  # it trained
     assert first["losses"] == second["losses"]  # logged losses are means over both ranks
+
+
+def test_a_worker_dies_with_its_launcher(tmp_path):
+    """#25 bug 3: SIGKILL of the torchrun agent left both ranks training, writing the model and moving
+    the registry alias. A worker (``run_stage`` under torchrun) now gets SIGTERM when its parent dies."""
+    import signal
+    import time
+
+    child = (f"import time, pathlib; from brainsynth.pipeline.stage import die_with_parent; assert die_with_parent(); "
+             f"pathlib.Path({str(tmp_path / 'pid')!r}).write_text(str(__import__('os').getpid())); time.sleep(120)")
+    launcher = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); "
+                                 "time.sleep(120)"])
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker = int((tmp_path / "pid").read_text())
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the worker outlived its launcher")

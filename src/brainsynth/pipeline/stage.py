@@ -101,6 +101,8 @@ def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], cfg: C
     # `kill` (SIGTERM, also what schedulers send) ends a stage like Ctrl-C does: the MLflow run is
     # marked KILLED and training keeps its last checkpoint, instead of a run left RUNNING forever.
     previous_handler = signal.signal(signal.SIGTERM, raise_interrupt)
+    if "LOCAL_RANK" in os.environ:  # a torchrun worker: it must not outlive its launcher
+        die_with_parent()
     try:
         if main:
             tracking.setup(cfg)
@@ -125,6 +127,25 @@ def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], cfg: C
         sys.exit(1)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent dies (``PR_SET_PDEATHSIG``). A
+    torchrun agent killed with SIGKILL (the OOM killer, a scheduler) cannot stop its workers itself:
+    without this they trained on, wrote the model and moved the registry alias after DVC had already
+    reported the stage failed. SIGTERM ends the stage like Ctrl-C (the MLflow run KILLED). Returns
+    False where the call does not exist (not Linux)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(sig), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() == 1:  # the parent died before the call: the signal will never come
+        os.kill(os.getpid(), sig)
+    return True
 
 
 def raise_interrupt(signum, frame):
@@ -170,4 +191,10 @@ def mlflow_run(stage: str, cfg: Config, upstream: dict[str, str] | None = None, 
     for handler in logging.getLogger().handlers:
         handler.flush()
     mlflow.log_artifact(str(LOG_DIR / f"{stage}.log"))
-    mlflow.end_run(status="FINISHED")
+    # A SIGTERM inside end_run used to leave the run RUNNING (and ~130 lines of tracebacks): the
+    # signal waits until the run is closed, then ends the stage as usual.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        mlflow.end_run(status="FINISHED")
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
