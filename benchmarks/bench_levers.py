@@ -17,6 +17,7 @@ Writes ``OUT/NAME.json`` (and ``OUT/NAME.pt``, the model file, for figures). Log
     python benchmarks/bench_levers.py --name baseline --threads 1
     python benchmarks/bench_levers.py --name consistency --threads 1 --set loss.consistency_weight=0.1
     python benchmarks/bench_levers.py --table benchmarks/levers   # the table of every arm written so far
+    python benchmarks/bench_levers.py --figure --name consistency  # its samples, reconstructions and grade swaps
 """
 
 from __future__ import annotations
@@ -156,6 +157,29 @@ def run(args) -> None:
     print(json.dumps(row, indent=1))
 
 
+def figure(folder: Path, name: str) -> Path:
+    """``folder/NAME.png``: test slices of each grade (4 per grade), their reconstructions, prior
+    samples of the same grades, and each slice re-rendered at every grade, from ``folder/NAME.pt``."""
+    from brainsynth.inference import SynthModel
+    from brainsynth.viz import labelled_grid
+
+    cfg = load(REPO / "params.yaml")
+    model = SynthModel.load(folder / f"{name}.pt")
+    cohort = build_cohort(cfg.data.embedded, model.image_size, cfg.seed)
+    splits = split_by_subject(cohort.subjects, cohort.labels, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+    sx, sy = cohort.images[splits == "test"], cohort.labels[splits == "test"]
+    pick = np.concatenate([np.flatnonzero(sy == k)[:: max(1, (sy == k).sum() // 4)][:4] for k in range(model.n_classes)])
+    x, y = sx[pick], sy[pick]
+    rows = [x, model.reconstruct(x, y), model.sample(y, cfg.seed + 1)]
+    labels = ["real (test)", "reconstruction", "sample (same grade)"]
+    for k, grade in enumerate(model.class_names):
+        rows.append(model.regrade(x, y, np.full(len(y), k)))
+        labels.append(f"re-rendered\nas {grade}")
+    path = folder / f"{name}.png"
+    labelled_grid(rows, labels, path, col_labels=[model.class_names[k] for k in y], title=f"{name}: test slices, reconstructions, samples, grade swaps")
+    return path
+
+
 def table(folder: Path) -> None:
     """A markdown table of every arm's JSON in ``folder`` (mean, and ± std where measured over seeds)."""
     rows = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
@@ -179,9 +203,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "levers"))
     parser.add_argument("--table", help="print the table of the arms in this folder and stop")
+    parser.add_argument("--figure", action="store_true", help="draw --name's saved model (OUT/NAME.png) and stop")
     args = parser.parse_args()
     if args.table:
         table(Path(args.table))
+        return
+    if args.figure:
+        print(figure(Path(args.out), args.name))
         return
     if not args.name:
         parser.error("--name is required to train an arm")
