@@ -93,8 +93,9 @@ def test_registered_pyfunc_generates_per_class(model_file, tmp_path, monkeypatch
     assert loaded.predict({"n": 0, "class": 1}).shape == (0, 16, 16)  # an empty batch, not an error
     with pytest.raises(Exception, match="'n' = -1 is outside"):
         loaded.predict({"n": -1})
-    inputs = [spec.name for spec in loaded.metadata.get_input_schema().inputs]
-    assert inputs == ["n", "class", "seed"]  # MLflow documents the request
+    assert "'class': name or index" in loaded.metadata.metadata["request"]  # the request, documented with the model
+    with pytest.raises(Exception, match=r"unknown request keys \['clas'\]"):  # #25: was silently class 0
+        loaded.predict({"n": 1, "clas": 2})
     # the generate command takes the registry URI too
     assert generate_main(["--model", "models:/brainsynth-test/1", "--out", str(tmp_path / "from_registry"), "--n-per-class", "2"]) == 0
     assert len(list((tmp_path / "from_registry").rglob("*.png"))) == 6
