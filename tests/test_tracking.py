@@ -150,3 +150,18 @@ def test_an_unexpected_error_is_one_line_on_the_terminal_and_a_traceback_in_the_
     assert "Traceback" not in err and "working" in err
     assert err.strip().splitlines()[-1] == "error: evaluate failed: RuntimeError: disk on fire (traceback in logs/evaluate.log)"
     assert "Traceback" in (tmp_path / "logs" / "evaluate.log").read_text()
+
+
+def test_a_second_run_of_a_stage_in_the_same_folder_stops_at_once(store, capsys):
+    """#25: `python stages/prepare.py` while `dvc repro` ran prepare let both write the same outputs."""
+    from brainsynth.pipeline.stage import run_stage, stage_lock
+
+    ran = []
+    running = stage_lock("evaluate")  # the first run holds the lock
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage("evaluate", lambda cfg, log: ran.append(1), cfg=repo_config({"mlflow.experiment": "tracking-test"}))
+    assert exit_info.value.code == 1 and not ran
+    assert f"error: the evaluate stage is already running in this folder (pid {os.getpid()})" in capsys.readouterr().err
+    running.close()
+    run_stage("evaluate", lambda cfg, log: ran.append(1), cfg=repo_config({"mlflow.experiment": "tracking-test"}))
+    assert ran == [1]

@@ -96,6 +96,7 @@ def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], cfg: C
     main = rank == 0
     record_dir = os.environ.get(RECORD_PARAMS_ENV) if main else None
     reads = config_module.record_reads() if record_dir else None
+    lock = stage_lock(stage) if main else None  # before the log file: the running one writes it
     log_path = setup_logging(stage, rank)
     stage_log = logging.getLogger(f"brainsynth.{stage}")
     # `kill` (SIGTERM, also what schedulers send) ends a stage like Ctrl-C does: the MLflow run is
@@ -127,6 +128,31 @@ def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], cfg: C
         sys.exit(1)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+        if lock is not None:
+            lock.close()
+
+
+def stage_lock(stage: str):
+    """An exclusive lock on ``logs/<stage>.lock`` for as long as this process lives (the open file
+    is the lock; the kernel drops it when the process ends, however it ends). A second run of the
+    same stage in this folder — ``python stages/prepare.py`` while ``dvc repro`` runs prepare — would
+    write the same outputs: it stops at once with one line instead."""
+    import fcntl
+
+    LOG_DIR.mkdir(exist_ok=True)
+    handle = open(LOG_DIR / f"{stage}.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        print(f"error: the {stage} stage is already running in this folder ({holder}); wait for it or stop it", file=sys.stderr)
+        sys.exit(1)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> bool:
