@@ -165,3 +165,18 @@ def test_a_second_run_of_a_stage_in_the_same_folder_stops_at_once(store, capsys)
     running.close()
     run_stage("evaluate", lambda cfg, log: ran.append(1), cfg=repo_config({"mlflow.experiment": "tracking-test"}))
     assert ran == [1]
+
+
+def test_a_damaged_mlflow_db_is_named_with_what_to_do(tmp_path, monkeypatch, capsys):
+    """#25: a damaged mlflow.db gave a SQLAlchemy traceback."""
+    from brainsynth.pipeline.stage import run_stage
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    (tmp_path / "mlflow.db").write_bytes(b"\x13" * 5000)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(SystemExit):
+        run_stage("evaluate", lambda cfg, log: None, cfg=repo_config({"mlflow.experiment": "tracking-test"}))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {tmp_path / 'mlflow.db'}: not a usable MLflow store") and "mv " in err[-1]
+    assert not any("Traceback" in line for line in err)

@@ -21,6 +21,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from brainsynth.config import Config
+from brainsynth.errors import StageError
 from brainsynth.files import digest
 
 
@@ -47,10 +48,19 @@ def setup(cfg: Config) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns its id."""
     # Download bars (one per artifact fetched while registering a model) flood the stage logs.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(tracking_uri())
-    client = MlflowClient()
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
     name = cfg.mlflow.experiment
-    experiment = client.get_experiment_by_name(name)
+    try:
+        client = MlflowClient()
+        experiment = client.get_experiment_by_name(name)
+    except Exception as err:  # sqlalchemy/sqlite errors of a damaged file, an unreachable server
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if uri.startswith("sqlite:///"):
+            path = uri.removeprefix("sqlite:///")
+            raise StageError(f"{path}: not a usable MLflow store ({first}); move it aside (mv {path} {path}.damaged) to start a new "
+                             "one, or restore it from a backup") from None
+        raise StageError(f"MLflow store {uri}: unusable ({first})") from None
     if experiment is None:
         artifact_location = None
         if not os.environ.get("MLFLOW_TRACKING_URI"):
