@@ -477,3 +477,31 @@ def test_two_process_training_writes_one_run_and_resumes_after_a_kill(pipeline):
         for log_name in ("train.log", "train.rank1.log"):
             assert "resuming from" in (work / "logs" / log_name).read_text(), log_name
         assert not checkpoint.exists()
+
+
+def test_a_run_stopped_after_its_last_epoch_only_saves_and_registers_on_resume(pipeline, monkeypatch):
+    """#25: a resume checkpoint at the final epoch used to start training over from scratch."""
+    work, _ = pipeline
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(work))
+    from brainsynth.engine import Trainer
+    from brainsynth.pipeline import train
+    from brainsynth.pipeline.stage import run_stage
+
+    original_register = train.register
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "register", stopped)
+    with pytest.raises(SystemExit):
+        run_stage("train", train.run)
+    assert (work / "checkpoints" / "train" / "last.pt").is_file()
+    monkeypatch.setattr(train, "register", original_register)
+    monkeypatch.setattr(Trainer, "train_epoch", lambda *a, **k: pytest.fail("trained again"))
+    run_stage("train", train.run)
+    assert not (work / "checkpoints" / "train" / "last.pt").exists() and (work / "models" / "train" / "model.pt").is_file()
+    _, runs = _runs(work)
+    latest = max((r for r in runs if r.data.tags.get("stage") == "train"), key=lambda r: r.info.start_time)
+    assert latest.data.tags.get("resumed") == "true" and latest.info.status == "FINISHED"

@@ -166,10 +166,13 @@ def resume(trainer: Trainer, cfg: Config, run_fingerprint: str, is_main: bool, l
     except CheckpointError as err:
         log.warning("ignoring unusable resume checkpoint: %s", err)
         return None, RunState()
-    if stored.get("fingerprint") == run_fingerprint and int(stored["epoch"]) < cfg.train.epochs:
+    if stored.get("fingerprint") == run_fingerprint and int(stored["epoch"]) <= cfg.train.epochs:
+        # At the last epoch too: a run stopped after its final checkpoint (while writing or
+        # registering the model) goes straight to that, instead of training again from scratch.
         trainer.load_state_dict(stored)
         run_id = stored.get("mlflow_run_id") or None
-        log.info("resuming from %s at epoch %d (mlflow run %s)", RESUME_CHECKPOINT, trainer.epoch, run_id)
+        done = " (training was complete: saving and registering only)" if trainer.epoch == cfg.train.epochs else ""
+        log.info("resuming from %s at epoch %d (mlflow run %s)%s", RESUME_CHECKPOINT, trainer.epoch, run_id, done)
         return run_id, RunState.from_dict(stored)
     log.info("resume checkpoint %s belongs to another config or data: starting fresh", RESUME_CHECKPOINT)
     if is_main:
