@@ -227,3 +227,17 @@ def test_a_postgresql_host_that_never_answers_fails_within_the_connect_timeout(m
         study.open_storage(cfg)
     assert time.monotonic() - started < 30
     server.close()
+
+
+def test_an_rdb_storage_opens_without_optuna_deprecation_warnings(tmp_path):
+    """#25: every RDB run printed Optuna's deprecation of failed_trial_callback."""
+    import warnings
+
+    from brainsynth.tuning import study
+
+    cfg = repo_config({"tune.storage": f"sqlite:///{tmp_path / 'optuna.db'}"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        storage = study.open_storage(cfg)
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    assert not [w for w in caught if "failed_trial_callback" in str(w.message)]
