@@ -75,3 +75,28 @@ def test_a_worker_dies_with_its_launcher(tmp_path):
     else:
         os.kill(worker, signal.SIGKILL)
         raise AssertionError("the worker outlived its launcher")
+
+
+def test_two_nodes_rendezvous_on_loopback_train_like_one_process(tmp_path):
+    """#26: the multi-node path on one machine: two torchrun agents (--nnodes 2, one process each) meet
+    through a c10d rendezvous on 127.0.0.1 and their half batches give the single process's gradients."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    out = tmp_path / "nodes"
+    out.mkdir()
+    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+             f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=brainsynth-test", str(TESTS / "distributed_worker.py"), "gradients", str(out)]
+    nodes = [subprocess.Popen(agent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs[0][-2000:] + outputs[1][-2000:]
+    single = _launch("gradients", tmp_path / "one", 1)[0]
+    for rank in range(2):
+        result = torch.load(out / f"rank{rank}.pt", weights_only=True)
+        for name in ("critic_step", "penalty_only", "generator_step"):
+            scale = max(1.0, single[name].abs().max().item())
+            assert (result[name] - single[name]).abs().max().item() <= 2e-6 * scale, (rank, name)
