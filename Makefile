@@ -1,5 +1,6 @@
 # make run   – set up .venv and run the whole DVC pipeline on the embedded cohort (~16 min on 2 CPU cores)
 # make run-quick – the whole pipeline on a tiny cohort as a temporary DVC experiment (a minute or two)
+# make cluster-demo – the multi-machine set-up (PostgreSQL, mlflow server, 2 tuning workers, torchrun) on this machine
 # make test  – set up .venv and run the tests
 # make ui    – serve the MLflow UI on http://127.0.0.1:5000
 # make bench – run the benchmarks (training engine, ingestion, tuning with/without pruning)
@@ -10,11 +11,12 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 SHELL := /bin/bash
 
-.PHONY: setup run run-quick test ui bench clean
+.PHONY: setup run run-quick cluster-demo test ui bench clean
 
 # run-quick: tiny images, networks and budgets, logged to its own MLflow experiment; the workspace's
 # results are untouched (dvc exp run --temp), the experiment shows in `dvc exp show`.
-QUICK := -S mlflow.experiment=brainsynth-quick -S mlflow.registered_model=brainsynth-quick -S data.image_size=32 \
+QUICK := -S mlflow.experiment=brainsynth-quick -S mlflow.registered_model=brainsynth-quick $(TINY)
+TINY := -S data.image_size=32 \
 	-S data.embedded.n_subjects=12 -S data.embedded.slices_per_subject=4 -S model.latent_dim=8 -S model.base_channels=8 \
 	-S model.max_channels=16 -S model.cbam_res=[8] -S model.self_attention_res=[8] -S train.epochs=2 -S train.batch_size=4 \
 	-S train.sample_every=1 -S tune.n_trials=2 -S tune.epochs=1 -S tune.eval_images=8 -S tune.max_train_images=0 \
@@ -46,6 +48,13 @@ run-quick: setup
 	$(BIN)/dvc exp run --temp $(QUICK)
 	@echo
 	@echo "The quick run is a DVC experiment (dvc exp show) and the MLflow experiment 'brainsynth-quick' (make ui)."
+
+# cluster-demo: PostgreSQL + mlflow server + Optuna on PostgreSQL (2 workers) + torchrun (2 processes),
+# all on this machine, the tiny pipeline as a temporary DVC experiment (brainsynth.cluster).
+# ONCE=1 stops the servers when the pipeline is done; PORT=5001 picks the UI port.
+CLUSTER := -S mlflow.registered_model=brainsynth-cluster $(TINY) -S tune.n_trials=4
+cluster-demo: setup
+	$(BIN)/python -m brainsynth.cluster $(if $(ONCE),--once) $(if $(PORT),--port $(PORT)) -- $(CLUSTER)
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -7,19 +7,19 @@ Skipped only when the PostgreSQL server programs are not installed (``.ci/run`` 
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
+import socket
 import tempfile
-import time
 import urllib.request
+import time
 from pathlib import Path
 
 import pytest
 
+from brainsynth.cluster import free_port, mlflow_server, postgres_bin, postgres_cluster
 from helpers import BIN, TINY_PIPELINE, copy_repo, merged, pipeline_env
 
 # the tiny pipeline, with a tuning study that outlasts a killed worker by several heartbeats
@@ -31,92 +31,28 @@ TINY = merged(TINY_PIPELINE, {
 })
 
 
-def _postgres_bin() -> Path | None:
-    """The folder holding initdb and pg_ctl (on PATH or Debian's /usr/lib/postgresql/<version>/bin)."""
-    on_path = shutil.which("initdb")
-    if on_path and shutil.which("pg_ctl"):
-        return Path(on_path).parent
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
-PG_BIN = _postgres_bin()
+PG_BIN = postgres_bin()
 pytestmark = pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL server programs (initdb, pg_ctl) are not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    """initdb refuses to run as root: run the server's programs as the postgres user then."""
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
 @pytest.fixture(scope="module")
 def postgres():
-    """A throwaway cluster on a free loopback port; yields its base URL (user postgres, trust)."""
+    """A throwaway cluster on a free loopback port (``brainsynth.cluster``, what ``make cluster-demo``
+    starts); yields its base URL (user postgres, trust)."""
     folder = Path(tempfile.mkdtemp(prefix="brainsynth-pg-"))
-    data = folder / "data"
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres", "postgres")
-    port = _free_port()
-    subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"]),
-                   check=True, capture_output=True, timeout=120)
-    options = f"-k {folder} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "start"]),
-                   check=True, capture_output=True, timeout=120)
     try:
-        import psycopg2
-
-        connection = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute("CREATE DATABASE optuna")
-            cursor.execute("CREATE DATABASE mlflow")
-        connection.close()
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
+        with postgres_cluster(folder) as url:
+            yield url
     finally:
-        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
-                       capture_output=True, timeout=120)
         shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def tracking_server(postgres, tmp_path_factory):
     """``mlflow server`` on PostgreSQL with proxied artifacts; yields its URL."""
-    artifacts = tmp_path_factory.mktemp("server-artifacts")
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("server-log") / "mlflow-server.log", "w")
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"{postgres}/mlflow", "--artifacts-destination", str(artifacts),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**pipeline_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                raise RuntimeError(f"mlflow server did not start: {Path(log.name).read_text()[-2000:]}")
-            time.sleep(0.5)
+    with mlflow_server(f"{postgres}/mlflow", tmp_path_factory.mktemp("server-artifacts"), free_port(),
+                       tmp_path_factory.mktemp("server-log") / "mlflow-server.log", env=pipeline_env()) as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
 
 
 def _kill_a_worker_mid_trial(study_name: str, storage: str, repro: subprocess.Popen, timeout: float = 300) -> int:
@@ -217,3 +153,33 @@ def test_pipeline_on_postgresql_and_a_tracking_server_survives_a_killed_worker(p
     assert downloaded.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     versions = client.search_model_versions("name='brainsynth'")
     assert len(versions) == 1 and versions[0].run_id == train_run.info.run_id
+
+
+def test_make_cluster_demo_once_runs_the_lab_setup_and_leaves_nothing_behind(tmp_path):
+    """#26: `make cluster-demo ONCE=1` in a fresh copy: PostgreSQL + mlflow server up, the pipeline with two
+    tuning workers and two training processes logged to the server (nothing in the local mlflow.db),
+    both servers stopped afterwards; a port in use is a one-line error."""
+    import re
+
+    work = tmp_path / "repo"
+    work.mkdir()
+    copy_repo(work, {})
+    (work / ".venv").symlink_to(BIN.parent)  # make's set-up step finds this environment installed
+    result = subprocess.run(["make", "cluster-demo", "ONCE=1"], cwd=work, env=pipeline_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert re.search(r"runs in experiment 'brainsynth-cluster': evaluate 1, generate 1, prepare 1, train 1, tune 1, tune-trial [4-5]", out), out[-2000:]
+    assert "tuning trials ran in 2 worker processes" in out and "registered model 'brainsynth-cluster': 1 version(s)" in out
+    assert not (work / "mlflow.db").exists()
+    up = re.search(r"PostgreSQL (\S+) and mlflow server (\S+) are up \(in (\S+)\)", out)
+    assert up and not Path(up.group(3)).exists()  # the temporary folder is gone
+    with pytest.raises(OSError):  # the server is down
+        urllib.request.urlopen(f"{up.group(2)}/health", timeout=2)
+    assert not subprocess.run(["pgrep", "-f", up.group(3)], capture_output=True).stdout  # no process of the demo left
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        refused = subprocess.run(["make", "cluster-demo", "ONCE=1", f"PORT={port}"], cwd=work, env=pipeline_env(), capture_output=True,
+                                 text=True, timeout=300)
+    assert refused.returncode != 0 and f"error: port {port} on 127.0.0.1 is already in use" in refused.stderr
