@@ -91,6 +91,28 @@ def test_four_finished_stage_runs_with_lineage(pipeline):
         assert name in [Path(a.path).name for a in client.list_artifacts(stages["evaluate"].info.run_id, "figures")]
 
 
+
+def test_a_dvc_remote_carries_the_results_to_another_clone_that_reproduces_without_retraining(pipeline, tmp_path):
+    """#26: the lab's data path: one clone pushes to a DVC remote (a local folder here, S3/SSH/NFS in a
+    lab), another clone pulls and is up to date: `dvc repro` there runs no stage."""
+    work, _ = pipeline
+    remote = tmp_path / "dvc-remote"
+    _run(["dvc", "remote", "add", "-d", "shared", str(remote)], work)
+    try:
+        _run(["git", "add", "-A"], work)
+        _run(["git", "commit", "-qm", "results and the remote"], work)
+        _run(["dvc", "push"], work)
+        other = tmp_path / "other"
+        _run(["git", "clone", "-q", str(work), str(other)], tmp_path)
+        _run(["dvc", "pull"], other)
+        assert (other / "models" / "train" / "model.pt").read_bytes() == (work / "models" / "train" / "model.pt").read_bytes()
+        repro = _run(["dvc", "repro"], other)
+        assert "Running stage" not in repro.stdout, repro.stdout[-2000:]
+        assert not (other / "mlflow.db").exists()  # nothing was trained or logged again
+    finally:
+        _run(["dvc", "remote", "remove", "shared"], work)
+
+
 def test_runs_describe_themselves_and_group_by_pipeline(pipeline):
     """#15: each run's description says what it is and links its upstream run; evaluate's carries
     the results headline; one pipeline execution shares one pipeline_run tag; the registered
