@@ -58,14 +58,6 @@ def test_the_cap_is_configurable(monkeypatch):
             parse_request({"n": 1})
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_the_rest_server_refuses_bad_requests_by_name(tmp_path, monkeypatch):
     """#25 bug 1, over REST on a real `mlflow models serve`: a misspelt key, a list, a string, a
     fractional n and an empty request are 400s whose message names the field; a good one gives images."""
@@ -80,6 +72,7 @@ def test_the_rest_server_refuses_bad_requests_by_name(tmp_path, monkeypatch):
     import mlflow
 
     from brainsynth.checkpoint import save_model_file
+    from brainsynth.cluster import free_port
     from brainsynth.nets import Decoder, Encoder
     from brainsynth.serving import log_generator
     from helpers import repo_config
@@ -94,7 +87,7 @@ def test_the_rest_server_refuses_bad_requests_by_name(tmp_path, monkeypatch):
     mlflow.set_experiment("serve")
     with mlflow.start_run():
         model_uri = log_generator(model_file)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
                                "-h", "127.0.0.1", "-p", str(port)], env={**os.environ, "MLFLOW_TRACKING_URI": uri,
                                                                         "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"},
