@@ -18,6 +18,7 @@ Writes ``OUT/NAME.json`` (and ``OUT/NAME.pt``, the model file, for figures). Log
     python benchmarks/bench_levers.py --name consistency --threads 1 --set loss.consistency_weight=0.1
     python benchmarks/bench_levers.py --table benchmarks/levers   # the table of every arm written so far
     python benchmarks/bench_levers.py --figure --name consistency  # its samples, reconstructions and grade swaps
+    python benchmarks/bench_levers.py --regrade --name consistency # its grade-swapped training slices as the synthetic set
 """
 
 from __future__ import annotations
@@ -130,9 +131,9 @@ def run(args) -> None:
         return {name: float(np.mean(values)), f"{name}_std": float(np.std(values, ddof=1))}
 
     row = {
-        "name": args.name, "overrides": overrides, "epochs": epochs, "latent_numbers": latent_size(cfg.model),
+        "name": args.name, "overrides": overrides, "epochs": epochs, "latent_numbers": latent_size(cfg.model, cfg.data.image_size),
         "seconds_per_epoch": float(np.mean(seconds)), "setup_seconds": setup_seconds,
-        "recon_psnr": M.psnr(sx, recon), "pca_psnr": M.pca_psnr(tx, sx, latent_size(cfg.model), cfg.seed),
+        "recon_psnr": M.psnr(sx, recon), "pca_psnr": M.pca_psnr(tx, sx, latent_size(cfg.model, cfg.data.image_size), cfg.seed),
         "recon_class": summary["recon_class_balanced_accuracy"], "recon_class_std": summary["recon_class_balanced_accuracy_std"],
         "judge_recon_class": summary["judge_recon_class_balanced_accuracy"],
         "judge_recon_class_std": summary["judge_recon_class_balanced_accuracy_std"],
@@ -180,6 +181,51 @@ def figure(folder: Path, name: str) -> Path:
     return path
 
 
+def score_regrade(folder: Path, name: str, seeds: int) -> dict:
+    """Utility of *grade-swapped real anatomy* (issue #24 lever 3, ``brainsynth-generate --from``) as
+    the synthetic set, from ``folder/NAME.pt``: each requested slice of grade g is a training slice
+    of another grade, drawn at random, re-rendered at g. Same classifiers, seeds and uses as ``run``;
+    writes ``folder/NAME+regrade.json``."""
+    from brainsynth.inference import SynthModel
+
+    cfg = load(REPO / "params.yaml")
+    model = SynthModel.load(folder / f"{name}.pt")
+    cohort = build_cohort(cfg.data.embedded, model.image_size, cfg.seed)
+    splits = split_by_subject(cohort.subjects, cohort.labels, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+    (tx, ty), (sx, sy) = [(cohort.images[splits == s], cohort.labels[splits == s]) for s in ("train", "test")]
+    k = model.n_classes
+
+    def regraded(labels, seed):
+        rng = np.random.default_rng(seed)
+        labels = np.asarray(labels)
+        source = np.array([rng.choice(np.flatnonzero(ty != label)) for label in labels])
+        return model.regrade(tx[source], ty[source], labels)
+
+    started = time.perf_counter()
+    test_swaps = regraded(sy, cfg.seed + 1)
+    result = utility(tx, ty, regraded, sx, sy, k, cfg.evaluate.utility_epochs, [cfg.seed + i for i in range(seeds)], [0.25], True,
+                     torch.device("cpu"), cfg.evaluate.classifier, cfg.evaluate.judge, graded={"gan_test": (test_swaps, sy)},
+                     class_names=model.class_names)
+    summary = result.summary()
+    real_features = penultimate_features(result.reference, sx)
+    pr = M.precision_recall(real_features, penultimate_features(result.reference, test_swaps))
+    row = {"name": f"{name}+regrade", "source": "grade-swapped training slices", "gan_test": summary["gan_test_balanced_accuracy"],
+           "gan_test_std": summary["gan_test_balanced_accuracy_std"], "judge_gan_test": summary["judge_gan_test_balanced_accuracy"],
+           "judge_gan_test_std": summary["judge_gan_test_balanced_accuracy_std"], "trtr": summary["trtr_balanced_accuracy_mean"],
+           "tstr": summary["tstr_balanced_accuracy_mean"], "tstr_std": summary["tstr_balanced_accuracy_std"],
+           "judge_trtr": summary["judge_trtr_balanced_accuracy_mean"], "judge_tstr": summary["judge_tstr_balanced_accuracy_mean"],
+           "judge_tstr_std": summary["judge_tstr_balanced_accuracy_std"], "judge_tstr_ratio": summary["judge_tstr_ratio"],
+           **{key: summary[key] for key in summary if key.startswith(("gain_", "augment_gain"))},
+           "best_use": max(result.uses, key=lambda use: summary[f"gain_{use}_mean"]),
+           "precision": pr["precision"], "recall": pr["recall"],
+           "swd": M.swd(sx, test_swaps, cfg.seed, cfg.swd.patches_per_image, cfg.swd.directions)["swd"],
+           "minutes": (time.perf_counter() - started) / 60}
+    row["augment_gain"], row["augment_gain_vs_duplicate"] = row.pop("augment_gain_mean"), row.pop("augment_gain_vs_duplicate_mean")
+    (folder / f"{name}+regrade.json").write_text(json.dumps(row, indent=1))
+    print(json.dumps(row, indent=1))
+    return row
+
+
 def table(folder: Path) -> None:
     """A markdown table of every arm's JSON in ``folder`` (mean, and ± std where measured over seeds)."""
     rows = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
@@ -204,12 +250,18 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "levers"))
     parser.add_argument("--table", help="print the table of the arms in this folder and stop")
     parser.add_argument("--figure", action="store_true", help="draw --name's saved model (OUT/NAME.png) and stop")
+    parser.add_argument("--regrade", action="store_true", help="score --name's saved model with grade-swapped training slices as the synthetic set")
     args = parser.parse_args()
     if args.table:
         table(Path(args.table))
         return
     if args.figure:
         print(figure(Path(args.out), args.name))
+        return
+    if args.regrade:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        score_regrade(Path(args.out), args.name, args.seeds)
         return
     if not args.name:
         parser.error("--name is required to train an arm")

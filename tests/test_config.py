@@ -195,8 +195,8 @@ def test_params_of_this_session_are_validated_by_name(extra, named):
 @pytest.mark.parametrize("extra, named", [
     ({"train": {"nproc_per_node": 3}}, "train.batch_size 32 is the global batch and must be divisible by train.nproc_per_node 3"),
     ({"model": {"logvar_min": 5.0}}, "logvar_min (5.0) must be below logvar_max"),
-    ({"model": {"spatial_latent_res": 12}}, "spatial_latent_res 12 must be a power of two"),
-    ({"model": {"spatial_latent_channels": 4, "spatial_latent_res": 64}}, "model.spatial_latent_res 64 must be below data.image_size 64"),
+    ({"model": {"spatial_latent_factor": 3}}, "spatial_latent_factor 3 must be a power of two"),
+    ({"model": {"spatial_latent_channels": 4, "spatial_latent_factor": 32}}, "model.spatial_latent_factor 32 leaves data.image_size 64 below 4×4"),
 ])
 def test_a_check_across_one_section_s_keys_does_not_echo_the_section(extra, named):
     """Regression: a section-level check printed the whole section dict before its message."""

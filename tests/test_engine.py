@@ -175,13 +175,13 @@ def test_model_api_shapes(tiny_cfg):
     model = model_for(tiny_cfg, 32, 3)
     x, y = torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 0])
     mu, logvar = model.vae.encode(x, y)
-    assert mu.shape == logvar.shape == (4, tiny_cfg.model.latent_dim)
+    assert mu.shape == logvar.shape == (4, model.vae.latent_dim) and model.vae.latent_dim == tiny_cfg.model.latent_dim + 8 * 8
     model.eval()
     recon = model.vae.reconstruct(x, y)
     assert recon.shape == x.shape and recon.abs().max() <= 1
     assert torch.equal(recon, model.vae.reconstruct(x, y))  # the posterior mean: deterministic
     assert torch.equal(recon, model.vae.decode(mu, y))
-    assert model.vae.sample(torch.randn(5, tiny_cfg.model.latent_dim), torch.tensor([0, 1, 2, 0, 1])).shape == (5, 1, 32, 32)
+    assert model.vae.sample(torch.randn(5, model.vae.latent_dim), torch.tensor([0, 1, 2, 0, 1])).shape == (5, 1, 32, 32)
 
 
 def test_validation_swd_uses_the_same_settings_as_the_test_swd(tiny_cfg, tiny_images):
@@ -215,7 +215,7 @@ def test_grade_levers_train_report_and_resume(tiny_cfg, tiny_images, tmp_path):
     swaps carry another grade, and a resumed run matches an uninterrupted one."""
     images, labels = tiny_images
     cfg = tiny_cfg.with_overrides({"loss.consistency_weight": 0.1, "loss.consistency_epochs": 1, "loss.consistency_ramp_epochs": 0,
-                                   "loss.latent_adv_weight": 0.05, "model.spatial_latent_channels": 2, "model.spatial_latent_res": 8,
+                                   "loss.latent_adv_weight": 0.05, "model.spatial_latent_channels": 2, "model.spatial_latent_factor": 4,
                                    "evaluate.classifier.min_steps": 5})
     probe = Trainer(cfg, images, labels, 3, torch.device("cpu"))
     assert probe.model.vae.latent_dim == 16 + 2 * 8 * 8
@@ -241,10 +241,11 @@ def test_grade_levers_train_report_and_resume(tiny_cfg, tiny_images, tmp_path):
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
-def test_levers_off_leave_training_unchanged(tiny_cfg, tiny_images):
-    """Options at 0 build no extra module and draw no extra random numbers: the same losses as a
-    config that never heard of them (the committed results stay reproducible)."""
+def test_levers_off_build_nothing_extra(tiny_cfg, tiny_images):
+    """With the #24 options at 0 the model is the vector-latent VAE-GAN: no ensemble, no adversary
+    on z, no spatial latent, and no such term is computed."""
     images, labels = tiny_images
-    plain = Trainer(tiny_cfg, images, labels, 3, torch.device("cpu"))
+    off = {"loss.consistency_weight": 0.0, "loss.latent_adv_weight": 0.0, "model.spatial_latent_channels": 0}
+    plain = Trainer(tiny_cfg.with_overrides(off), images, labels, 3, torch.device("cpu"))
     assert plain.grader is None and plain.model.latent_classifier is None and plain.model.decoder.inject is None
     assert not {"grade", "latent_adv", "latent_cls"} & plain.train_epoch().reported

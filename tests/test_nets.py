@@ -6,7 +6,7 @@ from torch import nn
 
 from brainsynth import losses
 from helpers import repo_config
-from brainsynth.nets import CBAM, ChannelAttention, Critic, Decoder, Encoder, MinibatchStd, ResBlock, SelfAttention, SliceClassifier, SpatialAttention
+from brainsynth.nets import latent_size, CBAM, ChannelAttention, Critic, Decoder, Encoder, MinibatchStd, ResBlock, SelfAttention, SliceClassifier, SpatialAttention
 
 
 @pytest.mark.parametrize("block", [ChannelAttention(16, 4), SpatialAttention(), CBAM(16, 4), SelfAttention(16)])
@@ -43,7 +43,7 @@ def test_encoder_decoder_critic_shapes_and_gradients(size, n_classes):
     x = torch.rand(3, 1, size, size) * 2 - 1
     y = torch.tensor([0, 1, 1]) % max(n_classes, 1) if n_classes else None
     mu, logvar = enc(x, y)
-    assert mu.shape == logvar.shape == (3, 8)
+    assert mu.shape == logvar.shape == (3, latent_size(cfg, size)) and latent_size(cfg, size) == 8 + (size // 4) ** 2  # vector + spatial
     assert logvar.min() >= cfg.logvar_min and logvar.max() <= cfg.logvar_max
     out = dec(mu, y)
     assert out.shape == x.shape and out.abs().max() <= 1
@@ -170,10 +170,10 @@ def test_spatial_latent_model_file_round_trip_and_old_files(tmp_path, tiny_cfg):
     from brainsynth.inference import SynthModel
     from brainsynth.nets import Decoder, Encoder
 
-    cfg = tiny_cfg.model.model_copy(update={"spatial_latent_channels": 1, "spatial_latent_res": 16})
+    cfg = tiny_cfg.model.model_copy(update={"spatial_latent_channels": 1, "spatial_latent_factor": 2})
     encoder, decoder = Encoder(cfg, 32, 3), Decoder(cfg, 32, 3)
     mu, logvar = encoder(torch.randn(2, 1, 32, 32), torch.tensor([0, 2]))
-    assert mu.shape == logvar.shape == (2, cfg.latent_dim + 16 * 16)
+    assert mu.shape == logvar.shape == (2, cfg.latent_dim + 16 * 16)  # 32 px / factor 2
     assert decoder(mu, torch.tensor([0, 2])).shape == (2, 1, 32, 32)
     save_model_file(tmp_path / "m.pt", cfg, 32, 3, ["a", "b", "c"], encoder, decoder)
     model = SynthModel.load(tmp_path / "m.pt")

@@ -261,7 +261,7 @@ def test_invalid_params_fail_fast_with_the_key(pipeline):
     work, _ = pipeline
     params_text = (work / "params.yaml").read_text()
     try:
-        (work / "params.yaml").write_text(params_text.replace("epochs: 2", "epochs: two", 1))
+        (work / "params.yaml").write_text(params_text.replace("\n  epochs: 2", "\n  epochs: two", 1))  # train.epochs
         result = _run([str(BIN / "python"), "stages/train.py"], work, check=False)
     finally:
         (work / "params.yaml").write_text(params_text)

@@ -229,9 +229,9 @@ def channel_plan(cfg: ModelConfig, image_size: int) -> list[int]:
 class Encoder(nn.Module):
     """(B, 1, S, S) [, labels (B,)] → mu (B, Z), logvar (B, Z), logvar clamped to the config's range.
 
-    Z = ``latent_size(cfg)``: the vector latent (``cfg.latent_dim``, from the 4×4 features through a
+    Z = ``latent_size(cfg, S)``: the vector latent (``cfg.latent_dim``, from the 4×4 features through a
     linear head), then, with ``cfg.spatial_latent_channels`` = C > 0, a spatial latent of C maps at
-    R = ``cfg.spatial_latent_res`` (from the R×R features by a 3×3 conv), flattened: Z = latent_dim + C·R².
+    R = S / ``cfg.spatial_latent_factor`` (from the R×R features by a 3×3 conv), flattened: Z = latent_dim + C·R².
     """
 
     def __init__(self, cfg: ModelConfig, image_size: int, n_classes: int = 0):
@@ -248,7 +248,7 @@ class Encoder(nn.Module):
                 blocks.append(CBAM(c_out, cfg.cbam_reduction))
             if res in cfg.self_attention_res:
                 blocks.append(SelfAttention(c_out))
-            if res == cfg.spatial_latent_res:
+            if res == image_size // cfg.spatial_latent_factor:
                 self.spatial_tap, tap_channels = len(blocks) - 1, c_out
         self.blocks = nn.Sequential(*blocks)
         self.out_norm = nn.GroupNorm(_groups(chans[-1]), chans[-1])
@@ -258,7 +258,7 @@ class Encoder(nn.Module):
         self.spatial_head = None
         if cfg.spatial_latent_channels:
             if self.spatial_tap < 0:
-                raise ValueError(f"model.spatial_latent_res {cfg.spatial_latent_res} must lie between 4 and half the image size {image_size}")
+                raise ValueError(f"model.spatial_latent_factor {cfg.spatial_latent_factor} leaves the image size {image_size} below 4×4")
             self.spatial_head = nn.Sequential(nn.GroupNorm(_groups(tap_channels), tap_channels), nn.SiLU(),
                                               nn.Conv2d(tap_channels, 2 * cfg.spatial_latent_channels, 3, padding=1))
         self.logvar_range = (cfg.logvar_min, cfg.logvar_max)
@@ -281,9 +281,9 @@ class Encoder(nn.Module):
         return mu, logvar.clamp(*self.logvar_range)
 
 
-def latent_size(cfg: ModelConfig) -> int:
+def latent_size(cfg: ModelConfig, image_size: int) -> int:
     """Numbers in z: the vector latent plus the flattened spatial latent (``Encoder``)."""
-    return cfg.latent_dim + cfg.spatial_latent_channels * cfg.spatial_latent_res**2
+    return cfg.latent_dim + cfg.spatial_latent_channels * (image_size // cfg.spatial_latent_factor) ** 2
 
 
 class Decoder(nn.Module):
@@ -306,7 +306,8 @@ class Decoder(nn.Module):
         res = 4
         self.spatial_tap = -2  # inject after this block (-1: right after fc, at 4×4)
         tap_channels = chans[0]
-        if cfg.spatial_latent_res == 4:
+        spatial_res = image_size // cfg.spatial_latent_factor
+        if spatial_res == 4:
             self.spatial_tap = -1
         for c_in, c_out in zip(chans[:-1], chans[1:]):
             blocks.append(ResBlock(c_in, c_out, "up", norm=True, act=nn.SiLU(), upsample=cfg.upsample, class_embed_dim=norm_embed))
@@ -315,19 +316,19 @@ class Decoder(nn.Module):
                 blocks.append(CBAM(c_out, cfg.cbam_reduction))
             if res in cfg.self_attention_res:
                 blocks.append(SelfAttention(c_out))
-            if res == cfg.spatial_latent_res and res < image_size:
+            if res == spatial_res and res < image_size:
                 self.spatial_tap, tap_channels = len(blocks) - 1, c_out
         self.blocks = nn.Sequential(*blocks)
         self.out = nn.Sequential(nn.GroupNorm(_groups(chans[-1]), chans[-1]), nn.SiLU(), nn.Conv2d(chans[-1], 1, 3, padding=1))
         self.first_channels = chans[0]
         self.vector_dim = cfg.latent_dim
-        self.spatial_shape = (cfg.spatial_latent_channels, cfg.spatial_latent_res, cfg.spatial_latent_res)
+        self.spatial_shape = (cfg.spatial_latent_channels, spatial_res, spatial_res)
         self.inject = None
         if cfg.spatial_latent_channels:
             if self.spatial_tap == -2:
-                raise ValueError(f"model.spatial_latent_res {cfg.spatial_latent_res} must lie between 4 and half the image size {image_size}")
+                raise ValueError(f"model.spatial_latent_factor {cfg.spatial_latent_factor} leaves the image size {image_size} below 4×4")
             self.inject = nn.Conv2d(tap_channels + cfg.spatial_latent_channels, tap_channels, 3, padding=1)
-        self.latent_dim = latent_size(cfg)
+        self.latent_dim = latent_size(cfg, image_size)
         self.image_size = image_size
 
     def _inject(self, h: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
@@ -506,14 +507,14 @@ class VAEGAN(nn.Module):
                  latent_classifier: bool = False):
         super().__init__()
         self.n_classes = n_classes
-        self.latent_dim = latent_size(cfg)
+        self.latent_dim = latent_size(cfg, image_size)
         self.encoder = Encoder(cfg, image_size, n_classes)
         self.decoder = Decoder(cfg, image_size, n_classes)
         self.critic = Critic(cfg, image_size, n_classes, spectral=spectral_critic)
         self.ema_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.ema_decoder = copy.deepcopy(self.decoder).requires_grad_(False)
         self.classifier = SliceClassifier(n_classes, cfg.classifier_width, norm="group") if classifier and n_classes else None
-        self.latent_classifier = LatentClassifier(latent_size(cfg), n_classes) if latent_classifier and n_classes else None
+        self.latent_classifier = LatentClassifier(latent_size(cfg, image_size), n_classes) if latent_classifier and n_classes else None
 
     @property
     def vae(self) -> VAE:

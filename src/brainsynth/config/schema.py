@@ -97,7 +97,7 @@ class ModelConfig(_Section):
     classifier_width: int = Field(ge=2, le=256)
     class_embed_dim: int = Field(ge=1, le=1024)
     spatial_latent_channels: int = Field(ge=0, le=64)
-    spatial_latent_res: int
+    spatial_latent_factor: int
     logvar_min: float
     logvar_max: float
 
@@ -108,8 +108,8 @@ class ModelConfig(_Section):
         for res in [*self.self_attention_res, *self.cbam_res]:
             if res < 4 or res & (res - 1):
                 raise ValueError(f"attention resolution {res} must be a power of two >= 4")
-        if self.spatial_latent_res < 4 or self.spatial_latent_res & (self.spatial_latent_res - 1):
-            raise ValueError(f"spatial_latent_res {self.spatial_latent_res} must be a power of two >= 4")
+        if self.spatial_latent_factor < 2 or self.spatial_latent_factor & (self.spatial_latent_factor - 1):
+            raise ValueError(f"spatial_latent_factor {self.spatial_latent_factor} must be a power of two >= 2")
         return self
 
 
@@ -314,9 +314,9 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _spatial_latent_fits(self) -> "Config":
-        res, size = self.model.spatial_latent_res, self.data.image_size
-        if self.model.spatial_latent_channels and res >= size:
-            raise ValueError(f"model.spatial_latent_res {res} must be below data.image_size {size} (the encoder reaches it by halving)")
+        factor, size = self.model.spatial_latent_factor, self.data.image_size
+        if self.model.spatial_latent_channels and size // factor < 4:
+            raise ValueError(f"model.spatial_latent_factor {factor} leaves data.image_size {size} below 4×4 (the networks stop at 4×4)")
         return self
 
     @model_validator(mode="after")
