@@ -36,7 +36,7 @@ def gradients(world: distributed.World) -> dict:
     fake = torch.rand(BATCH, 1, SIZE, SIZE, generator=fixed) * 2 - 1
     labels = torch.randint(0, CLASSES, (BATCH,), generator=fixed)
     alpha = torch.rand(BATCH, 1, 1, 1, generator=fixed)
-    z = torch.randn(BATCH, cfg.model.latent_dim, generator=fixed)
+    z = torch.randn(BATCH, model.vae.latent_dim, generator=fixed)
     local = BATCH // world.size
     mine = slice(world.rank * local, (world.rank + 1) * local)
     real, fake, labels, alpha, z = real[mine], fake[mine], labels[mine], alpha[mine], z[mine]
