@@ -148,7 +148,7 @@ def test_unknown_search_space_name_does_not_echo_the_config():
 
 @pytest.mark.parametrize("section, key, value", [
     ("train", "epochs", True), ("train", "hflip", "yes"), ("train", "epochs", 2.5), ("model", "conditional", 1),
-    (None, "seed", 2**64), (None, "seed", -1),
+    (None, "seed", 2**64), (None, "seed", -1), ("train", "channels_last", "yes"), ("train", "channels_last", 1),
 ])
 def test_lax_coercions_are_refused(section, key, value):
     """#13 item 4: `train.epochs: true` no longer runs 1 epoch, `hflip: "yes"` is not True, seeds fit the generators."""

@@ -6,6 +6,7 @@ import torch
 
 from brainsynth.checkpoint import CheckpointError, load_safe, restore_training_state, save_atomic, save_training_state
 from brainsynth.engine import DivergenceError, Trainer
+from brainsynth.meters import LossMeter
 
 
 def _weights(trainer):
@@ -220,9 +221,9 @@ def test_grade_levers_train_report_and_resume(tiny_cfg, tiny_images, tmp_path):
     probe = Trainer(cfg, images, labels, 3, torch.device("cpu"))
     assert probe.model.vae.latent_dim == 16 + 2 * 8 * 8
     x, y = probe.batch(torch.arange(8))
-    mu, logvar = probe.model.vae.encode(x, y)
-    swapped, swapped_labels = probe.swap_batch(mu, logvar, y)
-    assert swapped.shape == (4, 1, 32, 32) and bool((swapped_labels != y[:4]).all())
+    out = probe.decode_batch(x, y, with_prior=True, with_swap=True)
+    assert out.decoded.shape == (12, 1, 32, 32) and out.labels.shape == (12,)  # reconstructions and prior samples: what the critic sees
+    assert out.swapped.shape == (4, 1, 32, 32) and bool((out.swapped_labels != y[:4]).all())
 
     straight = Trainer(cfg, images, labels, 3, torch.device("cpu"))
     grader = {k: v.clone() for k, v in straight.grader.state_dict().items()}
@@ -249,3 +250,44 @@ def test_levers_off_build_nothing_extra(tiny_cfg, tiny_images):
     plain = Trainer(tiny_cfg.with_overrides(off), images, labels, 3, torch.device("cpu"))
     assert plain.grader is None and plain.model.latent_classifier is None and plain.model.decoder.inject is None
     assert not {"grade", "latent_adv", "latent_cls"} & plain.train_epoch().reported
+
+
+def test_channels_last_auto_trains_nhwc_on_the_cpu_with_the_same_numbers(tiny_cfg, tiny_images):
+    """#27: ``train.channels_last: auto`` trains in NHWC on the CPU (oneDNN's faster layout here) and
+    computes what NCHW computes: the same losses, to float rounding, over a few full steps."""
+    images, labels = tiny_images
+    cfg = tiny_cfg.with_overrides({"loss.adv_start_epoch": 0, "loss.kl_warmup_epochs": 0})
+    losses_by_layout = {}
+    for setting, layout in (("auto", torch.channels_last), (False, torch.contiguous_format)):
+        trainer = Trainer(cfg.with_overrides({"train.channels_last": setting}), images, labels, 3, torch.device("cpu"))
+        x, y = trainer.batch(torch.arange(8))
+        assert x.is_contiguous(memory_format=layout) and trainer.model.decoder.out[-1].weight.is_contiguous(memory_format=layout)
+        meter = LossMeter()
+        for _ in range(3):
+            meter.merge(trainer.train_step(x, y, 1.0))
+        losses_by_layout[setting] = meter.means()
+    assert losses_by_layout["auto"].keys() == losses_by_layout[False].keys()
+    for name, value in losses_by_layout[False].items():
+        assert losses_by_layout["auto"][name] == pytest.approx(value, rel=1e-3, abs=1e-4), name
+
+
+def test_the_cpu_allocator_keeps_freed_memory_for_the_next_step():
+    """#27: on glibc the training process keeps freed activations for reuse (mallopt) instead of
+    unmapping and faulting them in again every step: a second pass over the same large
+    allocations takes almost no new page faults."""
+    import resource
+
+    from brainsynth.device import keep_freed_memory
+
+    if not keep_freed_memory():
+        pytest.skip("not glibc: mallopt is unavailable")
+
+    def faults_of_a_pass() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            block = torch.ones(4 << 20)  # 16 MiB: above glibc's default mmap threshold
+            del block
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_of_a_pass()  # the first pass grows the heap
+    assert faults_of_a_pass() < 500  # unmapped each time, 5 × 16 MiB would be ~20 000 faults

@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,43 @@ def test_spatial_latent_model_file_round_trip_and_old_files(tmp_path, tiny_cfg):
     model = SynthModel.load(tmp_path / "m.pt")
     assert model.vae.latent_dim == cfg.latent_dim + 256 and model.sample([0, 1, 2], seed=3).shape == (3, 32, 32)
     assert load_model_file(Path(__file__).parent / "data" / "model_v1.pt").model.spatial_latent_channels == 0
+
+
+@pytest.mark.parametrize("size, sigma", [(64, 1.0), (16, 1.0), (32, 2.0), (8, 0.5)])
+def test_matrix_blur_is_torchvisions_gaussian_blur(size, sigma):
+    """The consistency ensemble's blur (two matrix products, for CPU speed) is torchvision's
+    reflect-padded Gaussian blur with its 2⌈3σ⌉+1 taps, to float rounding, and blurs nothing at σ 0."""
+    from torchvision.transforms.v2.functional import gaussian_blur as reference
+
+    from brainsynth.nets import gaussian_blur
+
+    x = torch.rand(3, 1, size, size) * 2 - 1
+    taps = 2 * math.ceil(3 * sigma) + 1
+    assert torch.allclose(gaussian_blur(x, sigma), reference(x, [taps, taps], [sigma, sigma]), atol=1e-6)
+    assert torch.equal(gaussian_blur(x, 0.0), x)
+    with pytest.raises(ValueError, match="larger than"):
+        gaussian_blur(torch.zeros(1, 1, 4, 4), 2.0)
+
+
+def test_frozen_ensemble_runs_as_one_network_with_the_members_mean_logits():
+    """BlurredEnsemble folds BatchNorm and stacks its members side by side (grouped convolutions,
+    one call): its logits are the mean of the members' on the blurred images, for one member too,
+    and its input gradient flows while its weights stay frozen."""
+    from brainsynth.nets import BlurredEnsemble, SliceClassifier, gaussian_blur
+
+    torch.manual_seed(0)
+    members = [SliceClassifier(3, width=4, norm="batch", dropout=0.3) for _ in range(3)]
+    for member in members:  # non-trivial running statistics
+        member.train()
+        for _ in range(3):
+            member(torch.randn(8, 1, 32, 32) * 2)
+        member.eval()
+    x = torch.randn(5, 1, 32, 32, requires_grad=True)
+    for count in (1, 3):
+        ensemble = BlurredEnsemble(members[:count], 1.0)
+        expected = torch.stack([m(gaussian_blur(x, 1.0)) for m in members[:count]]).mean(dim=0)
+        assert torch.allclose(ensemble(x), expected, atol=1e-5)
+    ensemble.train()
+    assert not ensemble.training and not any(p.requires_grad for p in ensemble.parameters())
+    ensemble(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -11,8 +11,8 @@
 Each phase reads forward → terms → update: the loss terms and their weights live in
 ``brainsynth.losses`` (``losses.compose``), so no phase names a term. Each phase returns its named
 losses; ``train_epoch`` averages them over the epoch and over windows
-of ``train.log_every`` steps. The same code runs on CPU (tests) and CUDA (bf16 autocast, fused
-Adam, optional channels_last and torch.compile of encoder/decoder).
+of ``train.log_every`` steps. The same code runs on CPU (tests; NHWC by default, ``train.channels_last``) and CUDA (bf16 autocast,
+fused Adam, optional channels_last and torch.compile of encoder/decoder).
 
 Speed: the prepared uint8 images live on the training device and batches are gathered by index
 there (no DataLoader); losses stay device tensors until a log point, so the hot loop never waits
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,12 +36,12 @@ from tqdm.auto import tqdm
 
 from brainsynth import losses
 from brainsynth.config import Config
-from brainsynth.device import resolve_device
+from brainsynth.device import keep_freed_memory, resolve_device
 from brainsynth.distributed import World, average_gradients, broadcast_module, mean_over_ranks
 from brainsynth.errors import DivergenceError
 from brainsynth.inference import autocast, predict_classes, reconstruct_images, sample_images, to_unit
 from brainsynth.meters import EpochStats, LossMeter
-from brainsynth.nets import VAEGAN, BlurredEnsemble
+from brainsynth.nets import VAEGAN, BlurredEnsemble, gaussian_blur
 
 
 
@@ -58,14 +59,33 @@ def train_grader(cfg: Config, images: np.ndarray, labels: np.ndarray, n_classes:
     from brainsynth.downstream import train_classifier
 
     sigma = cfg.loss.consistency_blur
-    grader = BlurredEnsemble([], sigma)
     unit = to_unit(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).float())
-    blurred = ((grader.blur(unit) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
+    blurred = ((gaussian_blur(unit, sigma) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
     rng_state = torch.get_rng_state()  # training the members must not move the VAE-GAN's random stream
     members = [train_classifier(blurred, labels, n_classes, cfg.loss.consistency_epochs, cfg.seed + GRADER_SEED_OFFSET * (k + 1), device,
                                 cfg.evaluate.classifier) for k in range(cfg.loss.consistency_members)]
     torch.set_rng_state(rng_state)
     return BlurredEnsemble(members, sigma).to(device)
+
+
+def channels_last(setting: str | bool, device: torch.device) -> bool:
+    """Whether to train in NHWC: ``train.channels_last`` true/false, or "auto": on the CPU, where
+    oneDNN's convolutions at these narrow widths run 1.2–1.7× faster in NHWC, and not on CUDA, where
+    it was measured slower on an H100 (benchmarks/README.md)."""
+    return device.type == "cpu" if setting == "auto" else bool(setting)
+
+
+class Decoded(NamedTuple):
+    """``Trainer.decode_batch``'s pass: mu, logvar (B, Z) float32; decoded (B + P, 1, S, S), the B
+    reconstructions then the P prior samples the critic judges, and their labels (B + P,);
+    swapped (W, 1, S, S) and swapped_labels (W,): the grade swaps (None without them)."""
+
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    decoded: torch.Tensor
+    labels: torch.Tensor
+    swapped: torch.Tensor | None = None
+    swapped_labels: torch.Tensor | None = None
 
 
 GRADER_SEED_OFFSET = 15_485_863  # the consistency ensemble's seeds: apart from the evaluation's (seed + i) and the judge's
@@ -85,6 +105,8 @@ class Trainer:
         self.world = world
         self.device = device or resolve_device(cfg.train.device)
         self.cuda = self.device.type == "cuda"
+        if not self.cuda:
+            keep_freed_memory()
         torch.manual_seed(cfg.seed)
         if self.cuda:
             torch.backends.cudnn.benchmark = True
@@ -92,7 +114,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.image_size = int(images.shape[-1])
         self.model = model_for(cfg, self.image_size, n_classes).to(self.device)
-        self.memory_format = torch.channels_last if self.cuda and cfg.train.channels_last else torch.contiguous_format
+        self.memory_format = torch.channels_last if channels_last(cfg.train.channels_last, self.device) else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         broadcast_module(self.model, world)
         if cfg.train.compile and self.cuda:
@@ -127,7 +149,7 @@ class Trainer:
         # Not part of the model (nor of its checkpoints): rebuilt, identically, from the data and the seed.
         self.grader = None
         if cfg.loss.consistency_weight > 0 and self.n_classes > 1:
-            self.grader = train_grader(cfg, images, labels, self.n_classes, self.device)
+            self.grader = train_grader(cfg, images, labels, self.n_classes, self.device).to(memory_format=self.memory_format)
 
         self.epoch = 0  # finished epochs
         self.step = 0  # finished generator steps
@@ -176,23 +198,31 @@ class Trainer:
         sigma = self.loss.instance_noise
         return images + sigma * torch.randn_like(images) if sigma > 0 else images
 
-    def decode_batch(self, x: torch.Tensor, y: torch.Tensor, with_prior: bool):
-        """Reconstructions of x (decoded posterior samples) and (``with_prior``) ``loss.prior_fraction``
-        × B prior samples, decoded in one pass.
-
-        Returns mu, logvar (B, Z) float32, decoded (B + P, 1, S, S) whose first B images are the
-        reconstructions, and the labels of the decoded images.
+    def decode_batch(self, x: torch.Tensor, y: torch.Tensor, with_prior: bool, with_swap: bool = False) -> "Decoded":
+        """One decoder pass over everything a step decodes: the reconstructions of x (decoded
+        posterior samples), (``with_prior``) ``loss.prior_fraction`` × B prior samples and
+        (``with_swap``) as many posterior samples decoded with another grade y' ≠ y, drawn
+        uniformly (the anatomy of a real slice rendered at a new grade; grade consistency).
+        One call rather than one per set: fewer, larger convolutions (the decoder's GroupNorm is
+        per image, so the images do not depend on what they are decoded with).
         """
         vae = self.model.vae
         mu, logvar = vae.encode(x, y)
-        z = vae.reparameterise(mu, logvar)
-        labels = y
+        z, labels = [vae.reparameterise(mu, logvar)], [y]
         if with_prior:
             n_prior = max(1, int(x.shape[0] * self.loss.prior_fraction))
-            prior_labels = y[torch.randperm(y.shape[0], device=self.device)[:n_prior]]
-            z = torch.cat([z, torch.randn(n_prior, z.shape[1], device=self.device)])
-            labels = torch.cat([y, prior_labels])
-        return mu, logvar, vae.decode(z.to(x.dtype), labels), labels
+            labels.append(y[torch.randperm(y.shape[0], device=self.device)[:n_prior]])
+            z.append(torch.randn(n_prior, z[0].shape[1], device=self.device))
+        n_judged = sum(len(part) for part in labels)
+        if with_swap:
+            n_swap = max(1, int(y.shape[0] * self.loss.prior_fraction))
+            labels.append((y[:n_swap] + torch.randint(1, self.n_classes, (n_swap,), device=self.device)) % self.n_classes)
+            z.append(vae.reparameterise(mu[:n_swap], logvar[:n_swap]))
+        labels = torch.cat(labels)
+        decoded = vae.decode(torch.cat(z).to(x.dtype), labels)
+        if not with_swap:
+            return Decoded(mu, logvar, decoded, labels)
+        return Decoded(mu, logvar, decoded[:n_judged], labels[:n_judged], decoded[n_judged:], labels[n_judged:])
 
     def _judge(self, images: torch.Tensor, labels: torch.Tensor, set_sizes=None):
         """The critic's (scores, features) of ``images`` with instance noise, under autocast."""
@@ -228,15 +258,6 @@ class Trainer:
         loss, named = losses.compose("latent", losses.ClassifierForward(self.model.latent_classifier(mu.detach()), y), self.loss, self.step)
         self._update(self.opt_z, list(self.model.latent_classifier.parameters()), loss)
         return named
-
-    def swap_batch(self, mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``loss.prior_fraction`` × B posterior samples decoded with another grade y' ≠ y (drawn
-        uniformly): the anatomy of a real slice, rendered at a new grade. (W, 1, S, S), (W,)."""
-        n_swap = max(1, int(y.shape[0] * self.loss.prior_fraction))
-        other = (y[:n_swap] + torch.randint(1, self.n_classes, (n_swap,), device=self.device)) % self.n_classes
-        vae = self.model.vae
-        z = vae.reparameterise(mu[:n_swap], logvar[:n_swap])
-        return vae.decode(z, other), other
 
     def critic_phase(self, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, fake_labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """One critic update against detached fakes (reconstructions, then prior samples)."""
@@ -279,18 +300,17 @@ class Trainer:
         if adversarial:
             for _ in range(self.optim.n_critic - 1):
                 with torch.no_grad(), torch.autocast(**self.autocast):
-                    _, _, fake, fake_labels = self.decode_batch(x, y, with_prior=True)
-                meter.add(self.critic_phase(x, y, fake, fake_labels))
+                    fake = self.decode_batch(x, y, with_prior=True)
+                meter.add(self.critic_phase(x, y, fake.decoded, fake.labels))
         with torch.autocast(**self.autocast):
-            mu, logvar, decoded, decoded_labels = self.decode_batch(x, y, with_prior=adversarial or class_term or consistency)
-            swapped, swapped_labels = self.swap_batch(mu, logvar, y) if consistency else (None, None)
+            out = self.decode_batch(x, y, with_prior=adversarial or class_term or consistency, with_swap=consistency)
         if adversarial:
-            meter.add(self.critic_phase(x, y, decoded, decoded_labels))
+            meter.add(self.critic_phase(x, y, out.decoded, out.labels))
         if self.model.latent_classifier is not None:
-            meter.add(self.latent_phase(mu, y))
-        forward = losses.GeneratorForward(x, y, mu, logvar, decoded, decoded_labels, critic=self._judge if adversarial else None,
+            meter.add(self.latent_phase(out.mu, y))
+        forward = losses.GeneratorForward(x, y, out.mu, out.logvar, out.decoded, out.labels, critic=self._judge if adversarial else None,
                                           classifier=self._classify if class_term else None,
-                                          grader=self._grade if consistency else None, swapped=swapped, swapped_labels=swapped_labels,
+                                          grader=self._grade if consistency else None, swapped=out.swapped, swapped_labels=out.swapped_labels,
                                           latent_classifier=self.model.latent_classifier)
         meter.add(self.generator_phase(forward, progress))
         # EMA warm-up (as in many EMA implementations): short runs are not dominated by the init.

@@ -155,13 +155,20 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"]
     bf16: bool
     compile: bool
-    channels_last: bool
+    channels_last: Any  # "auto" | true | false, checked below (one message rather than one per union member)
     hflip: bool
     sample_every: int = Field(ge=1)
     log_every: int = Field(ge=1)
     n_sample_images: int = Field(ge=1, le=256)
     keep: Literal["best", "last"]
     nproc_per_node: int = Field(ge=1, le=64)
+
+    @field_validator("channels_last")
+    @classmethod
+    def _auto_or_bool(cls, value: Any) -> str | bool:
+        if value != "auto" and not isinstance(value, bool):
+            raise ValueError("must be auto (NHWC on the CPU, not on CUDA), true or false")
+        return value
 
     @model_validator(mode="after")
     def _batch_shared_evenly(self) -> "TrainConfig":

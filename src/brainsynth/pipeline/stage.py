@@ -22,6 +22,7 @@ from brainsynth import config as config_module
 from brainsynth import tracking
 from brainsynth.config import Config, ConfigError, load
 from brainsynth.data.errors import DataError
+from brainsynth.device import keep_freed_memory
 from brainsynth.errors import CheckpointError, DivergenceError, StageError
 from brainsynth.files import write_json_atomic
 from brainsynth.paths import LOG_DIR, METRICS_DIR
@@ -104,6 +105,7 @@ def run_stage(stage: str, body: Callable[[Config, logging.Logger], None], cfg: C
     previous_handler = signal.signal(signal.SIGTERM, raise_interrupt)
     if "LOCAL_RANK" in os.environ:  # a torchrun worker: it must not outlive its launcher
         die_with_parent()
+    keep_freed_memory()  # every stage allocates and frees large tensors in loops (training, classifiers, metrics)
     try:
         if main:
             tracking.setup(cfg)
