@@ -249,7 +249,23 @@ def test_levers_off_build_nothing_extra(tiny_cfg, tiny_images):
     off = {"loss.consistency_weight": 0.0, "loss.latent_adv_weight": 0.0, "model.spatial_latent_channels": 0}
     plain = Trainer(tiny_cfg.with_overrides(off), images, labels, 3, torch.device("cpu"))
     assert plain.grader is None and plain.model.latent_classifier is None and plain.model.decoder.inject is None
-    assert not {"grade", "latent_adv", "latent_cls"} & plain.train_epoch().reported
+    assert not {"grade", "latent_adv", "latent_cls", "ffl", "adv_scale"} & plain.train_epoch().reported
+
+
+def test_sharper_detail_levers_train_and_report(tiny_cfg, tiny_images):
+    """#24 lever 2: the focal frequency loss and VQGAN's adaptive adversarial weight are reported
+    as terms; the adaptive factor is positive and finite and changes what the generator learns."""
+    images, labels = tiny_images
+    base = tiny_cfg.with_overrides({"loss.adv_start_epoch": 0, "loss.kl_warmup_epochs": 0})
+    on = Trainer(base.with_overrides({"loss.focal_frequency_weight": 1.0, "loss.adaptive_adv": True}), images, labels, 3,
+                 torch.device("cpu"))
+    stats = on.train_epoch()
+    assert {"ffl", "adv_scale"} <= stats.reported
+    assert 0 < stats.losses["adv_scale"] < 1e4 and stats.losses["ffl"] > 0
+    fixed = Trainer(base, images, labels, 3, torch.device("cpu"))
+    fixed.train_epoch()
+    moved = _weights(on)
+    assert not all(torch.equal(moved[k], v) for k, v in _weights(fixed).items() if k.startswith("decoder."))
 
 
 def test_channels_last_auto_trains_nhwc_on_the_cpu_with_the_same_numbers(tiny_cfg, tiny_images):

@@ -220,3 +220,26 @@ def test_frozen_ensemble_runs_as_one_network_with_the_members_mean_logits():
     assert not ensemble.training and not any(p.requires_grad for p in ensemble.parameters())
     ensemble(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_focal_frequency_loss_weighs_the_worst_rendered_frequencies():
+    """Zero for a perfect reconstruction; a reconstruction missing fine detail (a checkerboard) costs
+    more than one off by the same L1 in a smooth offset, which plain L1 scores alike."""
+    target = torch.zeros(2, 1, 16, 16)
+    target[..., ::2, ::2] = 0.5
+    assert losses.focal_frequency(target, target) == 0
+    smooth_miss = target + (target.mean() - target).abs().mean()  # the same mean |error|, no detail lost
+    detail_miss = torch.full_like(target, target.mean().item())  # the checkerboard averaged away
+    assert (smooth_miss - target).abs().mean() == pytest.approx((detail_miss - target).abs().mean().item())
+    assert losses.focal_frequency(detail_miss, target) > losses.focal_frequency(smooth_miss, target)
+
+
+def test_adaptive_adversarial_weight_matches_the_gradient_sizes():
+    """VQGAN's weight is |grad rec| / |grad adv| at the last layer: an adversarial loss whose gradient
+    there is 3× the reconstruction's gets 1/3; it is detached."""
+    layer = torch.randn(4, 3, requires_grad=True)
+    features = torch.randn(5, 4)
+    rec = (features @ layer).square().mean()
+    adv = 3.0 * rec
+    scale = losses.adaptive_weight(rec, adv, layer)
+    assert scale.item() == pytest.approx(1 / 3, rel=1e-3) and not scale.requires_grad

@@ -311,7 +311,8 @@ class Trainer:
         forward = losses.GeneratorForward(x, y, out.mu, out.logvar, out.decoded, out.labels, critic=self._judge if adversarial else None,
                                           classifier=self._classify if class_term else None,
                                           grader=self._grade if consistency else None, swapped=out.swapped, swapped_labels=out.swapped_labels,
-                                          latent_classifier=self.model.latent_classifier)
+                                          latent_classifier=self.model.latent_classifier,
+                                          last_layer=self.model.decoder.out[-1].weight if self.loss.adaptive_adv else None)
         meter.add(self.generator_phase(forward, progress))
         # EMA warm-up (as in many EMA implementations): short runs are not dominated by the init.
         self.model.update_ema(min(self.optim.ema_decay, (1 + self.step) / (self.optim.ema_warmup_steps + self.step)))

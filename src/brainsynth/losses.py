@@ -38,6 +38,29 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1).mean()
 
 
+def focal_frequency(recon: torch.Tensor, target: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Focal frequency loss (Jiang et al. 2021, ICCV): squared distance of the orthonormal 2-D
+    spectra, each frequency weighted by its own distance to the power ``alpha``, scaled to [0, 1]
+    per image and detached, so the frequencies the decoder renders worst (the fine detail an L1
+    term averages away) weigh most. (B, 1, S, S) → scalar. Written here because it is ten lines
+    on ``torch.fft``; the authors' package adds patch options this model does not use.
+    """
+    distance = (torch.fft.fft2(recon.float(), norm="ortho") - torch.fft.fft2(target.float(), norm="ortho")).abs().pow(2)
+    weight = distance.detach().sqrt().pow(alpha)
+    weight = weight / weight.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, *([1] * (weight.dim() - 1)))
+    return (weight * distance).mean()
+
+
+def adaptive_weight(reconstruction_loss: torch.Tensor, adversarial_loss: torch.Tensor, last_layer: torch.Tensor,
+                    limit: float = 1e4) -> torch.Tensor:
+    """VQGAN's adaptive adversarial weight (Esser et al. 2021): ‖∇L_rec‖ / ‖∇L_adv‖ at the
+    decoder's last layer, clamped to [0, ``limit``] and detached, so that the adversarial gradient
+    keeps the reconstruction gradient's size there instead of a fixed weight that lets L1 dominate."""
+    rec_grad = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)[0]
+    adv_grad = torch.autograd.grad(adversarial_loss, last_layer, retain_graph=True)[0]
+    return (rec_grad.norm() / (adv_grad.norm() + 1e-4)).clamp(0.0, limit).detach()
+
+
 def critic_wasserstein(real: torch.Tensor, fake: torch.Tensor, drift: float = 0.0) -> torch.Tensor:
     """WGAN critic loss E[D(fake)] − E[D(real)] + drift·E[D(real)²] (ProGAN's drift keeps scores near 0)."""
     return fake.mean() - real.mean() + drift * real.pow(2).mean()
@@ -108,6 +131,8 @@ class GeneratorForward:
     blurred ensemble (grade consistency), with ``swapped`` (W, 1, S, S): posterior samples decoded
     with another grade ``swapped_labels`` (W,); None when that term is off at this step.
     ``latent_classifier(mu)`` → logits (B, K): the Fader adversary, frozen here; None when off.
+    ``last_layer``: the decoder's last weight (``loss.adaptive_adv``); ``adaptive_scale`` is set by
+    ``compose`` when that weight is computed.
     """
 
     x: torch.Tensor
@@ -122,6 +147,8 @@ class GeneratorForward:
     swapped: torch.Tensor | None = None
     swapped_labels: torch.Tensor | None = None
     latent_classifier: Callable | None = None
+    last_layer: torch.Tensor | None = None
+    adaptive_scale: torch.Tensor | None = None
     _fake_judged: tuple | None = field(default=None, repr=False)
 
     @property
@@ -178,6 +205,7 @@ class Term:
     optional: bool = True  # False: computed (and reported) even at weight 0
     schedule: Callable | None = None  # (loss cfg, progress in epochs or the critic update) → extra weight factor
     optimised: bool = True  # False: a diagnostic, reported but not part of the loss
+    adaptive: bool = False  # with loss.adaptive_adv: weight × losses.adaptive_weight against the weighted "rec" term
     panel: str = "adversarial"  # curve panel: "vae" (≈ 0.1 scale) or "adversarial" (±10)
 
 
@@ -237,6 +265,9 @@ def compose(phase: str, forward, cfg, step: float) -> tuple[torch.Tensor, dict[s
             continue
         if weight is not None and t.schedule is not None:
             weight = weight * t.schedule(cfg, step)
+        if t.adaptive and cfg.adaptive_adv and getattr(forward, "last_layer", None) is not None and forward.last_layer.requires_grad:
+            forward.adaptive_scale = adaptive_weight(cfg.recon_weight * named["rec"], value, forward.last_layer)
+            weight = weight * forward.adaptive_scale
         weighted = value if weight is None else weight * value
         total = weighted if total is None else total + weighted
     if phase in TOTALS:
@@ -276,13 +307,25 @@ def feature_term(f: GeneratorForward, cfg) -> torch.Tensor | None:
     return feature_matching(fake_features[: f.n_recon], real_features)
 
 
-@term("adv_g", "generator", weight="adv_weight")
+@term("ffl", "generator", weight="focal_frequency_weight", panel="vae")
+def focal_frequency_term(f: GeneratorForward, cfg) -> torch.Tensor:
+    """Reconstructions match their inputs in the frequencies they render worst (``focal_frequency``)."""
+    return focal_frequency(f.recon, f.x)
+
+
+@term("adv_g", "generator", weight="adv_weight", adaptive=True)
 def adversarial_term(f: GeneratorForward, cfg) -> torch.Tensor | None:
     """Reconstructions and prior samples must score as real."""
     if f.critic is None:
         return None
     scores, _ = f.fake_judged()
     return generator_adversarial(scores.float())
+
+
+@term("adv_scale", "generator", weight="adv_weight", optimised=False)
+def adaptive_scale_term(f: GeneratorForward, cfg) -> torch.Tensor | None:
+    """Diagnostic: the adaptive factor on ``adv_g`` at this step (``loss.adaptive_adv``), before ``loss.adv_weight``."""
+    return f.adaptive_scale
 
 
 @term("cls_g", "generator", weight="class_weight")

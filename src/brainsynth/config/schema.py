@@ -134,6 +134,8 @@ class LossConfig(_Section):
     consistency_blur: float = Field(ge=0.0, le=8.0)
     consistency_ramp_epochs: float = Field(ge=0.0)
     latent_adv_weight: float = Field(ge=0.0)
+    focal_frequency_weight: float = Field(ge=0.0)
+    adaptive_adv: bool
 
 
 class OptimConfig(_Section):
