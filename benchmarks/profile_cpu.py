@@ -187,7 +187,7 @@ def main() -> None:
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
         run(args.steps)
     events = prof.key_averages()
-    print(f"\nby phase (inclusive ms per step; the generator update includes the backward of encoder and decoder):")
+    print("\nby phase (inclusive ms per step; the generator update includes the backward of encoder and decoder):")
     print("| phase | ms/step | share |\n|---|---|---|")
     for event in sorted((e for e in events if e.key.startswith("phase::")), key=lambda e: -e.cpu_time_total):
         ms = event.cpu_time_total / 1e3 / args.steps
