@@ -11,6 +11,9 @@ A slice classifier is trained, for each of several seeds, on
 * ``duplicate_<best use>``: the control of the best use — real + as many *real* slices of the same
   classes, drawn again — so its gain can be told apart from what more (rebalanced) slices give,
 
+* with a filtered sampler (``brainsynth.filtering``): ``tstr_filtered`` and the best use again with
+  filtered synthetic slices (``<best use>_filtered``),
+
 all trained for the same number of updates (``epochs`` passes over the real slices, at least
 ``recipe.min_steps``), so that a gain comes from the data, not from longer training, and each
 is tested on the real test split. Scores are **balanced accuracy** (mean per-class recall)
@@ -162,8 +165,8 @@ def _mean_std(values) -> tuple[float, float]:
 @dataclass
 class UtilityResult:
     """Per-seed scores of every classifier kind (``{kind: [scores per seed]}``; kinds: trtr, tstr,
-    the uses, ``duplicate_<use>`` controls, and ``judge_trtr``/``judge_tstr`` for the independent
-    judge), per-seed grades of given image sets by both families, and the per-seed real-trained CNNs."""
+    the uses, ``duplicate_<use>`` controls, ``judge_trtr``/``judge_tstr`` for the independent judge
+    and, with the filtered export, ``tstr_filtered``/``judge_tstr_filtered``/``<best use>_filtered``), per-seed grades of given image sets by both families, and the per-seed real-trained CNNs."""
 
     scores: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     grades: dict[str, list[float]] = field(default_factory=dict)  # e.g. gan_test_balanced_accuracy, judge_gan_test_...: per seed
@@ -196,9 +199,15 @@ class UtilityResult:
             out["augment_gain_mean"], out["augment_gain_std"] = out[f"gain_{best}_mean"], out[f"gain_{best}_std"]
             control = f"duplicate_{best}" if f"duplicate_{best}" in self.scores else "trtr"  # pretraining on duplicated real = real-only
             out["augment_gain_vs_duplicate_mean"], out["augment_gain_vs_duplicate_std"] = _mean_std(self.gain(best, control))
+            if f"{best}_filtered" in self.scores:
+                out["augment_gain_filtered_mean"], out["augment_gain_filtered_std"] = _mean_std(self.gain(f"{best}_filtered", "trtr"))
+                out["augment_gain_filtered_vs_duplicate_mean"], out["augment_gain_filtered_vs_duplicate_std"] = \
+                    _mean_std(self.gain(f"{best}_filtered", control))
         for prefix in ("", "judge_"):
-            if f"{prefix}tstr_balanced_accuracy_mean" in out and out.get(f"{prefix}trtr_balanced_accuracy_mean", 0) > 0:
-                out[f"{prefix}tstr_ratio"] = out[f"{prefix}tstr_balanced_accuracy_mean"] / out[f"{prefix}trtr_balanced_accuracy_mean"]
+            for suffix in ("", "_filtered"):
+                tstr, trtr = f"{prefix}tstr{suffix}_balanced_accuracy_mean", f"{prefix}trtr_balanced_accuracy_mean"
+                if tstr in out and out.get(trtr, 0) > 0:
+                    out[f"{prefix}tstr_ratio{suffix}"] = out[tstr] / out[trtr]
         for name, values in self.grades.items():
             out[name], std = _mean_std(values)
             if not name.startswith(("gan_test_", "judge_gan_test_")) or name.endswith("balanced_accuracy"):
@@ -209,7 +218,8 @@ class UtilityResult:
 def utility(real_x: np.ndarray, real_y: np.ndarray, sample: Callable[[np.ndarray, int], np.ndarray], test_x: np.ndarray, test_y: np.ndarray,
             n_classes: int, epochs: int, seeds: list[int], ratios, pretrain: bool, device: torch.device, recipe, judge_recipe=None,
             graded: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, class_names: list[str] | None = None,
-            on_progress: Callable[[str], None] | None = None) -> UtilityResult:
+            on_progress: Callable[[str], None] | None = None,
+            filtered: Callable[[np.ndarray, int], np.ndarray] | None = None) -> UtilityResult:
     """Train and test every classifier kind once per seed (see the module docstring), all for the
     same number of updates.
 
@@ -222,16 +232,29 @@ def utility(real_x: np.ndarray, real_y: np.ndarray, sample: Callable[[np.ndarray
     also fit the independent judge (``brainsynth.judge``) on real and on synthetic slices.
     ``graded``: {name: (images, intended labels)} graded by each seed's real-trained CNN and judge
     (``<name>_balanced_accuracy``, per class ``<name>_<class>`` for ``gan_test``; ``judge_`` prefix).
+    ``filtered``: a second sampler like ``sample`` (the filtered export, ``filtering.filtered_sampler``):
+    TSTR by both families and the best use are repeated with its slices (``*_filtered``), drawn
+    with the same seeds, so each filtered score is paired with its unfiltered one.
     """
     from brainsynth.judge import train_judge
 
     result = UtilityResult(uses=use_names(ratios, pretrain))
     real_steps = budget(len(real_x), epochs, recipe)
     extra_labels: dict[tuple[int, str], np.ndarray] = {}  # the synthetic labels each (seed, mix) added
+    filtered_x: dict[int, np.ndarray] = {}  # each seed's filtered synthetic training set
+
+    def pretrained(synthetic_x: np.ndarray, seed: int) -> SliceClassifier:
+        """Half the updates on synthetic slices (real_y's classes), then the other half on real ones."""
+        classifier = train_classifier(synthetic_x, real_y, n_classes, epochs, seed, device, recipe, steps=real_steps // 2)
+        return train_classifier(real_x, real_y, n_classes, epochs, seed, device, recipe, steps=real_steps - real_steps // 2, model=classifier)
+
     for index, seed in enumerate(seeds):
         progress = (lambda kind: on_progress(f"utility classifier {kind}, seed {index + 1}/{len(seeds)}")) if on_progress else (lambda kind: None)
         synthetic_x = sample(real_y, seed + 1000)
         sets = {"trtr": (real_x, real_y), "tstr": (synthetic_x, real_y)}
+        if filtered is not None:
+            filtered_x[seed] = filtered(real_y, seed + 1000)
+            sets["tstr_filtered"] = (filtered_x[seed], real_y)
         for ratio in ratios:
             n_extra = int(round(ratio * len(real_x)))
             if n_extra == 0:
@@ -248,15 +271,15 @@ def utility(real_x: np.ndarray, real_y: np.ndarray, sample: Callable[[np.ndarray
                 _grade(result, "", lambda images, reference=classifier: predict_classes(reference, images), graded, class_names)
         if pretrain:
             progress("pretrain")
-            classifier = train_classifier(synthetic_x, real_y, n_classes, epochs, seed, device, recipe, steps=real_steps // 2)
-            classifier = train_classifier(real_x, real_y, n_classes, epochs, seed, device, recipe, steps=real_steps - real_steps // 2,
-                                          model=classifier)
+            classifier = pretrained(synthetic_x, seed)
             result.add("pretrain", class_scores(predict_classes(classifier, test_x), test_y))
         if judge_recipe is not None:
             progress("judge")
             real_judge = train_judge(real_x, real_y, seed, judge_recipe)
             result.add("judge_trtr", class_scores(real_judge.predict(test_x), test_y))
             result.add("judge_tstr", class_scores(train_judge(synthetic_x, real_y, seed, judge_recipe).predict(test_x), test_y))
+            if filtered is not None:
+                result.add("judge_tstr_filtered", class_scores(train_judge(filtered_x[seed], real_y, seed, judge_recipe).predict(test_x), test_y))
             _grade(result, "judge_", real_judge.predict, graded, class_names)
     best = max(result.uses, key=lambda use: result.gain(use, "trtr").mean(), default=None)
     if best is not None and best.startswith("mix"):
@@ -267,6 +290,17 @@ def utility(real_x: np.ndarray, real_y: np.ndarray, sample: Callable[[np.ndarray
             x = np.concatenate([real_x, duplicated_real(real_x, real_y, extra_y, seed + 3000)])
             classifier = train_classifier(x, np.concatenate([real_y, extra_y]), n_classes, epochs, seed, device, recipe, steps=real_steps)
             result.add(f"duplicate_{best}", class_scores(predict_classes(classifier, test_x), test_y))
+    if best is not None and filtered is not None:
+        for index, seed in enumerate(seeds):
+            if on_progress:
+                on_progress(f"utility classifier {best}_filtered (the best use with the filtered export), seed {index + 1}/{len(seeds)}")
+            if best == "pretrain":
+                classifier = pretrained(filtered_x[seed], seed)
+            else:
+                extra_y = extra_labels[seed, best]
+                x, y = np.concatenate([real_x, filtered(extra_y, seed + 2000)]), np.concatenate([real_y, extra_y])
+                classifier = train_classifier(x, y, n_classes, epochs, seed, device, recipe, steps=real_steps)
+            result.add(f"{best}_filtered", class_scores(predict_classes(classifier, test_x), test_y))
     return result
 
 

@@ -5,12 +5,18 @@ with a manifest listing every file (class, seed) and the model (source, sha256) 
     brainsynth-generate --model models:/brainsynth/3 --n-per-class 50 --nifti --out synth/
     brainsynth-generate --model runs:/<train run id>/generator ...
     brainsynth-generate --from data/prepared --split train --to-class moderate --out synth/moderate
+    brainsynth-generate --n-per-class 100 --oversample 4 --keep 0.25 --out synth/filtered
 
 ``--from`` re-renders real slices instead of sampling: each slice of a prepared split (``dvc repro
 prepare``'s ``data/prepared``) is encoded with its own grade and decoded with ``--to-class``: the
 same anatomy at the requested grade, if the model takes the grade from its label (the manifest
 names each image's source slice, subject and grade; ``reports/evaluate/grade_swap.png`` shows
 how well the model does it).
+
+``--oversample K --keep FRACTION`` is the filtered export (``brainsynth.filtering``): K × the
+requested slices are drawn per class and the share FRACTION (default 1/K) that a held-out ensemble
+of real-trained classifiers grades most confidently is kept; the ensemble learns from the training
+split of ``--filter-data`` (``data/prepared``) with the recipe in ``--params`` (params.yaml).
 
 ``--model`` takes a model file or any MLflow URI of one (``runs:/…``, ``models:/…`` of the
 registered pyfunc, whose ``artifacts/`` hold the model file).
@@ -31,6 +37,7 @@ from PIL import Image
 
 from brainsynth.checkpoint import CheckpointError
 from brainsynth.files import atomic_dir, digest
+from brainsynth.filtering import Selection, draw_and_keep, ensemble_from_prepared
 from brainsynth.inference import SynthModel
 
 
@@ -101,30 +108,41 @@ def _is_export(folder: Path) -> bool:
 
 
 def export(model: SynthModel, out_dir: Path, n_per_class: int, seed: int, nifti: bool, model_source: str, model_file: Path | None = None,
-           force: bool = False) -> dict:
+           force: bool = False, selection: Selection | None = None) -> dict:
     """Write the images and manifest into ``out_dir`` atomically (a temp folder moved into place);
     ``check_out_dir`` first, so no user folder is replaced by accident. ``model_file``: the file
-    behind ``model_source``, whose digests the manifest records."""
+    behind ``model_source``, whose digests the manifest records. ``selection``
+    (``filtering.Selection``): the filtered export — each class's slices are the most confidently
+    graded of ``oversample`` × as many draws of the same noise stream; the manifest records the
+    filter and its ensemble, and each slice's score and index in the draw."""
     check_out_dir(out_dir, force)
     class_names = model.class_names or ["unlabelled"]
+    if selection is not None and selection.trained_on.get("class_names", class_names) != class_names:
+        raise ValueError(f"--filter-data {selection.trained_on.get('data')!r}: its classes {selection.trained_on['class_names']} "
+                         f"differ from the model's {class_names}")
     with atomic_dir(Path(out_dir)) as staging:
         files = []
         for k, name in enumerate(class_names):
             class_seed = seed + 1000 * k  # each class its own noise stream: adding classes leaves the others unchanged
-            images = model.sample(np.full(n_per_class, k), class_seed)
+            if selection is None:
+                images, scores, drawn = model.sample(np.full(n_per_class, k), class_seed), None, np.arange(n_per_class)
+            else:
+                images, scores, drawn = draw_and_keep(model.sample, selection.ensemble, k, *selection.counts(n_per_class), class_seed)
             folder = staging / _safe(name)
             folder.mkdir()
             for i, image in enumerate(images):
                 path = folder / f"{_safe(name)}_{i:05d}.png"
                 Image.fromarray(image).save(path)
-                files.append({"path": str(path.relative_to(staging)), "kind": "png", "class": name, "class_index": k, "index": i, "seed": class_seed})
+                files.append({"path": str(path.relative_to(staging)), "kind": "png", "class": name, "class_index": k, "index": i, "seed": class_seed,
+                              **({} if scores is None else {"draw_index": int(drawn[i]), "filter_score": round(float(scores[i]), 6)})})
             if nifti:
                 path = staging / f"{_safe(name)}.nii.gz"
                 save_nifti_stack(images, model.pixel_mm, f"brainsynth {name}: {len(images)} independent synthetic slices", path)
                 files.append({"path": path.name, "kind": "nifti", "class": name, "class_index": k, "n_slices": len(images), "seed": class_seed})
         manifest = {"model": model_source, "model_digest": digest(model_file) if model_file else "", "model_sha256": _sha256(model_file),
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": seed, "n_per_class": n_per_class,
-                    "image_size": model.image_size, "pixel_mm": model.pixel_mm, "classes": class_names, "nifti": nifti, "files": files}
+                    "image_size": model.image_size, "pixel_mm": model.pixel_mm, "classes": class_names, "nifti": nifti,
+                    **({} if selection is None else {"filter": selection.describe(n_per_class)}), "files": files}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -217,9 +235,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="source", help="re-render the real slices of this prepared dataset (data/prepared) instead of sampling")
     parser.add_argument("--split", default="train", help="with --from: the split to re-render (train, val, test)")
     parser.add_argument("--to-class", help="with --from: the grade to render them at")
+    parser.add_argument("--oversample", type=int, default=1, metavar="K",
+                        help="filtered export: draw K × --n-per-class slices per class and keep those a held-out ensemble of real-trained "
+                             "classifiers grades most confidently (class balance kept); 1 = no filter")
+    parser.add_argument("--keep", type=float, default=0.0, metavar="FRACTION",
+                        help="with --oversample: share of the draws kept per class (default 1/K: --n-per-class slices)")
+    parser.add_argument("--filter-data", default="data/prepared",
+                        help="with --oversample: the prepared dataset whose training split the ensemble learns from")
+    parser.add_argument("--params", default="params.yaml",
+                        help="with --oversample: the params file with the ensemble's recipe (evaluate.filter, evaluate.classifier)")
     args = parser.parse_args(argv)
     if (args.source is None) != (args.to_class is None):
         parser.error("--from and --to-class go together")
+    if not 1 <= args.oversample <= 64:
+        parser.error(f"--oversample must be 1..64 (got {args.oversample})")
+    if not 0.0 <= args.keep <= 1.0 or (args.keep and args.oversample == 1):
+        parser.error(f"--keep must be a share between 0 and 1, with --oversample above 1 (got --keep {args.keep}, --oversample {args.oversample})")
+    if args.keep and round(args.keep * args.oversample * args.n_per_class) < 1:
+        parser.error(f"--keep {args.keep} of {args.oversample} × {args.n_per_class} draws per class keeps no slice")
+    if args.source and args.oversample > 1:
+        parser.error("--oversample filters samples drawn from the prior; --from re-renders given slices (use one or the other)")
     from brainsynth.serving import MAX_SEED, max_images
 
     try:
@@ -239,12 +274,35 @@ def main(argv: list[str] | None = None) -> int:
             manifest = regrade_export(model, Path(args.out), Path(args.source), args.split, args.to_class, args.model, model_file, args.force)
             print(f"wrote {n_images(manifest)} slices of {args.source} ({args.split}) re-rendered as {args.to_class} to {args.out}")
             return 0
-        manifest = export(model, Path(args.out), args.n_per_class, args.seed, args.nifti, args.model, model_file, force=args.force)
+        selection = None
+        if args.oversample > 1:
+            selection = filter_selection(args, model.device)
+        manifest = export(model, Path(args.out), args.n_per_class, args.seed, args.nifti, args.model, model_file, force=args.force,
+                          selection=selection)
     except (CheckpointError, OSError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 1
+    if "filter" in manifest:
+        f = manifest["filter"]
+        print(f"wrote {n_images(manifest)} images ({f['kept_per_class']} per class, the best of {f['drawn_per_class']} draws: "
+              f"{', '.join(manifest['classes'])}) to {args.out}")
+        return 0
     print(f"wrote {n_images(manifest)} images ({args.n_per_class} per class: {', '.join(manifest['classes'])}) to {args.out}")
     return 0
+
+
+def filter_selection(args: argparse.Namespace, device) -> Selection:
+    """The filtered export's settings from the command line, its ensemble trained on ``--filter-data``
+    with the recipe of ``--params`` (evaluate.filter.members/epochs, evaluate.classifier; its seed: --seed)."""
+    from brainsynth.config import load
+
+    if not Path(args.params).is_file():
+        raise ValueError(f"--params {args.params!r}: no such file (--oversample takes the ensemble's recipe from it: evaluate.filter, "
+                         "evaluate.classifier; run in the brainsynth repo or pass --params)")
+    cfg = load(args.params)
+    ensemble, trained_on = ensemble_from_prepared(args.filter_data, cfg.evaluate.filter.members, cfg.evaluate.filter.epochs, args.seed,
+                                                  device, cfg.evaluate.classifier)
+    return Selection(ensemble, args.oversample, args.keep, {**trained_on, "seed": args.seed, "params": args.params})
 
 
 if __name__ == "__main__":

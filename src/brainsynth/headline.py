@@ -70,8 +70,13 @@ def headline(m: dict) -> list[str]:
         who = "independent judge" if judge else "CNN"
         lines.append(f"utility       {who}, balanced accuracy on real test slices ↑: real-only {_fmt(m[f'{judge}trtr_balanced_accuracy_mean'])}, "
                      f"synthetic-only {_fmt(m[f'{judge}tstr_balanced_accuracy_mean'])}")
-        lines.append(f"              (TSTR ratio {m.get(f'{judge}tstr_ratio', float('nan')):.2f}), "
-                     f"GAN-test {_fmt(m.get(f'{judge}gan_test_balanced_accuracy', float('nan')))} (chance {_fmt(chance)})")
+        line = (f"              (TSTR ratio {m.get(f'{judge}tstr_ratio', float('nan')):.2f}), "
+                f"GAN-test {_fmt(m.get(f'{judge}gan_test_balanced_accuracy', float('nan')))} (chance {_fmt(chance)})")
+        if f"{judge}tstr_filtered_balanced_accuracy_mean" in m:
+            line += (f"; filtered export (best 1/{m.get('filter_oversample', 0):.0f} of the draws): "
+                     f"TSTR {_fmt(m[f'{judge}tstr_filtered_balanced_accuracy_mean'])}, "
+                     f"GAN-test {_fmt(m.get(f'{judge}gan_test_filtered_balanced_accuracy', float('nan')))}")
+        lines.append(line)
     if "augment_gain_mean" in m:
         use = best_use(m)
         words = USE_WORDS.get(use, f"real + {use[3:]} % synthetic" if use.startswith("mix") else use)

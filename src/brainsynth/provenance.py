@@ -28,7 +28,8 @@ NOT_TUNING_INPUTS = ("tune.n_trials", "tune.n_workers", "tune.storage", "tune.he
                      "generate.", "train.sample_every", "train.log_every", "train.n_sample_images", "train.keep", "train.nproc_per_node")
 # What evaluate's downstream classifiers depend on besides the model file and the data.
 UTILITY_INPUTS = ("seed", "train.bf16", "evaluate.n_images", "evaluate.utility_epochs", "evaluate.utility_images", "evaluate.utility_seeds",
-                  "evaluate.synthetic_per_real", "evaluate.pretrain", "evaluate.classifier.", "evaluate.judge.")
+                  "evaluate.synthetic_per_real", "evaluate.pretrain", "evaluate.classifier.", "evaluate.judge.",
+                  "evaluate.filter.")
 
 
 def fingerprint(length: int, **parts: Any) -> str:

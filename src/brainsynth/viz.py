@@ -145,7 +145,8 @@ def training_curves(history: list[dict[str, float]], val_history: list[dict], pa
 
 
 UTILITY_LABELS = {"trtr": "real only\n(TRTR)", "tstr": "synthetic only\n(TSTR)", "pretrain": "synthetic, then\nreal (pretrain)",
-                  "judge_trtr": "judge:\nreal only", "judge_tstr": "judge:\nsynthetic only"}
+                  "judge_trtr": "judge:\nreal only", "judge_tstr": "judge:\nsynthetic only",
+                  "tstr_filtered": "filtered synth.\nonly", "judge_tstr_filtered": "judge: filtered\nsynth. only"}
 
 
 def utility_bars(summary: dict[str, float], kinds: list[str], chance: float, path: Path, title: str = "") -> Path:
@@ -156,7 +157,9 @@ def utility_bars(summary: dict[str, float], kinds: list[str], chance: float, pat
     for kind in kinds:
         if f"{kind}_balanced_accuracy_mean" not in summary:
             continue
-        label = UTILITY_LABELS.get(kind, f"real +\n{kind[3:]} % synth." if kind.startswith("mix") else kind)
+        base = kind.removesuffix("_filtered")
+        label = UTILITY_LABELS.get(kind, f"real +\n{base[3:]} % synth." if base.startswith("mix") else base)
+        label += "\n(filtered)" if kind != base and kind not in UTILITY_LABELS else ""
         bars.append((kind, label, ""))
         if f"duplicate_{kind}_balanced_accuracy_mean" in summary:
             bars.append((f"duplicate_{kind}", f"real +\n{kind[3:]} % dupl.", "//"))

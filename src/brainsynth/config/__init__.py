@@ -16,10 +16,10 @@ affects.
 
 from brainsynth.config.load import check_data_source, check_or_exit, load, load_overrides, validate
 from brainsynth.config.reads import record_reads
-from brainsynth.config.schema import (ClassifierConfig, Config, ConfigError, DataConfig, EmbeddedDataConfig, EvaluateConfig, GenerateConfig, JudgeConfig,
-                                      LossConfig, MlflowConfig, ModelConfig, OptimConfig, SearchDimension, SwdConfig, TrainConfig, TuneConfig,
+from brainsynth.config.schema import (ClassifierConfig, Config, ConfigError, DataConfig, EmbeddedDataConfig, EvaluateConfig, FilterConfig, GenerateConfig,
+                                      JudgeConfig,                                       LossConfig, MlflowConfig, ModelConfig, OptimConfig, SearchDimension, SwdConfig, TrainConfig, TuneConfig,
                                       VolumeConfig, flat_keys, flatten)
 
-__all__ = ["ClassifierConfig", "Config", "ConfigError", "DataConfig", "EmbeddedDataConfig", "EvaluateConfig", "GenerateConfig", "JudgeConfig", "LossConfig",
+__all__ = ["ClassifierConfig", "Config", "ConfigError", "DataConfig", "EmbeddedDataConfig", "EvaluateConfig", "FilterConfig", "GenerateConfig", "JudgeConfig", "LossConfig",
            "MlflowConfig", "ModelConfig", "OptimConfig", "SearchDimension", "SwdConfig", "TrainConfig", "TuneConfig", "VolumeConfig",
            "check_data_source", "check_or_exit", "flat_keys", "flatten", "load", "load_overrides", "record_reads", "validate"]

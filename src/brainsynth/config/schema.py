@@ -250,6 +250,14 @@ class JudgeConfig(_Section):
     learning_rate: float = Field(gt=0.0, le=1.0)
 
 
+class FilterConfig(_Section):
+    """The filtered export (``brainsynth.filtering``): its held-out ensemble, and how much evaluate oversamples."""
+
+    oversample: int = Field(ge=1, le=64)  # evaluate: utility also with the best 1/oversample of oversample × the draws; 1 = skip
+    members: int = Field(ge=2, le=10)  # folds of the training subjects, one classifier trained on all but each
+    epochs: int = Field(ge=1)
+
+
 class EvaluateConfig(_Section):
     n_images: int = Field(ge=8)
     n_pairs: int = Field(ge=4)
@@ -261,6 +269,7 @@ class EvaluateConfig(_Section):
     pretrain: bool
     classifier: ClassifierConfig
     judge: JudgeConfig
+    filter: FilterConfig
 
     @field_validator("synthetic_per_real")
     @classmethod
@@ -282,6 +291,16 @@ class GenerateConfig(_Section):
     enabled: bool
     n_per_class: int = Field(ge=1, le=10_000)  # serving.DEFAULT_MAX_IMAGES
     nifti: bool
+    oversample: int = Field(ge=1, le=64)  # draws per requested slice (filtered export); 1 = no filter
+    keep: float = Field(ge=0.0, le=1.0)  # share of the draws kept per class; 0 = 1/oversample (n_per_class)
+
+    @model_validator(mode="after")
+    def _keeps_a_slice(self) -> "GenerateConfig":
+        if self.oversample > 1 and self.keep and round(self.keep * self.oversample * self.n_per_class) < 1:
+            raise ValueError(f"keep {self.keep} of oversample {self.oversample} × n_per_class {self.n_per_class} keeps no slice")
+        if self.oversample == 1 and self.keep not in (0.0, 1.0):
+            raise ValueError(f"keep {self.keep} needs oversample > 1 (with oversample 1 every drawn slice is kept)")
+        return self
 
 
 class MlflowConfig(_Section):

@@ -55,6 +55,11 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric("augment_gain_std", "utility", lead=True),
     Metric("augment_gain_vs_duplicate_mean", "utility", "higher", lead=True, champion=True, version_tag=True),
     Metric("augment_gain_vs_duplicate_std", "utility", lead=True),
+    # The filtered export (brainsynth.filtering, evaluate.filter): the same slices' count, the best
+    # 1/oversample of the draws by a held-out real-trained CNN ensemble; read against the unfiltered figure.
+    Metric("judge_tstr_filtered_balanced_accuracy_mean", "utility", "higher", "judge_tstr_balanced_accuracy_mean"),
+    Metric("judge_gan_test_filtered_balanced_accuracy", "utility", "higher", "judge_gan_test_balanced_accuracy"),
+    Metric("augment_gain_filtered_mean", "utility", "higher", "augment_gain_mean"),
     Metric("tstr_ratio", "utility", "higher", lead=True),
     Metric("trtr_balanced_accuracy_mean", "utility", lead=True, version_tag=True),
     Metric("tstr_balanced_accuracy_mean", "utility", "higher", "trtr_balanced_accuracy_mean", lead=True, champion=True, version_tag=True),
@@ -74,7 +79,8 @@ FAMILIES = (
     ("realism", ("swd", "feature_fd", "fid", "kid")),
     ("anatomy", ("morph_", "csf_")),
     ("coverage", ("feature_precision", "feature_recall")),
-    ("utility", ("trtr_", "tstr_", "mix", "pretrain_", "duplicate_", "gain_", "augment_", "gan_test_", "real_class_", "chance_", "judge_")),
+    ("utility", ("trtr_", "tstr_", "mix", "pretrain_", "duplicate_", "gain_", "augment_", "gan_test_", "real_class_", "chance_", "judge_",
+                 "filter_")),
     ("diversity", ("ms_ssim_",)),
     ("reconstruction", ("recon_",)),
     ("memorization", ("memorization_", "nn_")),

@@ -36,7 +36,7 @@ import time
 import mlflow
 import numpy as np
 
-from brainsynth import metrics as M, provenance, tracking
+from brainsynth import filtering, metrics as M, provenance, tracking
 from brainsynth.checkpoint import CheckpointError, load_safe, save_atomic
 from brainsynth.config import Config
 from brainsynth.data import prepared
@@ -71,8 +71,9 @@ def run(cfg: Config, log: logging.Logger) -> None:
                        latent_numbers=model.vae.latent_dim)
         if len(data.class_names) > 1 and cfg.evaluate.utility_epochs > 0:
             graded = {"gan_test": (e.samples, real_labels), "recon_class": (e.recon, real_labels), "real_class": (real, real_labels)}
-            e.utility = lambda rng: utility_metrics(cfg, model, train_images, train_labels, test_images, test_labels, data.class_names,
-                                                    graded, rng, log)
+            train_subjects = data.subjects[data.splits == "train"]
+            e.utility = lambda rng: utility_metrics(cfg, model, train_images, train_labels, train_subjects, test_images, test_labels,
+                                                    data.class_names, graded, rng, log)
         else:
             e.notes["utility"] = "skipped: needs class labels (more than one class)" if len(data.class_names) <= 1 else "skipped: evaluate.utility_epochs = 0"
         results = {"n_images": n, **compute(e)}
@@ -130,7 +131,8 @@ def write_figures(cfg: Config, model: SynthModel, data: prepared.PreparedData, e
                            title="CSF area fraction per class (ventricles + sulci inside the brain mask)")
         nearest_real_figure(samples, real_labels, e.train_images, e.train_labels, data.class_names, staging / "nearest_real.png")
         if e.references:
-            kinds = ["trtr", "tstr", *use_names(cfg.evaluate.synthetic_per_real, cfg.evaluate.pretrain), "judge_trtr", "judge_tstr"]
+            uses = use_names(cfg.evaluate.synthetic_per_real, cfg.evaluate.pretrain)
+            kinds = ["trtr", "tstr", *uses, "tstr_filtered", *[f"{use}_filtered" for use in uses], "judge_trtr", "judge_tstr", "judge_tstr_filtered"]
             utility_bars(results, kinds, results["chance_balanced_accuracy"], staging / "utility.png",
                          title=f"classifiers on real test slices ({cfg.evaluate.utility_seeds} seeds, mean ± std)")
             write_utility_csv(results, kinds, staging / "utility.csv")
@@ -153,12 +155,14 @@ def decide_champion(cfg: Config, train_run_id: str, results: dict, log: logging.
     log.info("registry: %s", message)
 
 
-def utility_metrics(cfg: Config, model: SynthModel, train_images, train_labels, test_images, test_labels, class_names: list[str],
-                    graded: dict, rng: np.random.Generator, log: logging.Logger):
-    """The downstream-utility summary (``downstream.utility``, with the independent judge and the
-    grades of ``graded``) and each seed's real-trained CNN, from the cache when the same model,
-    data and utility settings were scored before (the classifiers are most of evaluate's time;
-    knobs like ``evaluate.n_pairs`` do not touch them)."""
+def utility_metrics(cfg: Config, model: SynthModel, train_images, train_labels, train_subjects, test_images, test_labels,
+                    class_names: list[str], graded: dict, rng: np.random.Generator, log: logging.Logger):
+    """The downstream-utility summary (``downstream.utility``, with the independent judge, the
+    grades of ``graded`` and, with ``evaluate.filter.oversample`` > 1, the filtered export:
+    ``filtering``'s held-out ensemble is trained on folds of the training split and the filtered
+    samples of ``graded["gan_test"]``'s classes are graded as ``gan_test_filtered``) and each seed's
+    real-trained CNN, from the cache when the same model, data and utility settings were scored
+    before (the classifiers are most of evaluate's time; knobs like ``evaluate.n_pairs`` do not touch them)."""
     n_classes = len(class_names)
     ev = cfg.evaluate
     m = min(ev.utility_images or len(train_images), len(train_images))
@@ -177,9 +181,26 @@ def utility_metrics(cfg: Config, model: SynthModel, train_images, train_labels, 
             return {k: float(v) for k, v in stored["summary"].items()}, [r.to(model.device).eval() for r in references]
         except (CheckpointError, KeyError, RuntimeError) as err:
             log.warning("utility cache %s unusable (%s): retraining", cached, err)
+    filtered, ensemble = None, None
+    # A small cohort (data.train_fraction) may have fewer subjects of a class than evaluate.filter.members folds: fewer folds then.
+    folds = min(ev.filter.members, min(len(np.unique(train_subjects[pick][train_labels[pick] == k])) for k in np.unique(train_labels[pick])))
+    if ev.filter.oversample > 1 and folds < 2:
+        log.warning("filtered export not scored: a class has %d training subject (the held-out ensemble needs 2 folds)", folds)
+    elif ev.filter.oversample > 1:
+        log.info("filtered export: training its held-out ensemble (%d members, folds of the training subjects)", folds)
+        ensemble = filtering.train_ensemble(train_images[pick], train_labels[pick], train_subjects[pick], n_classes, folds,
+                                            ev.filter.epochs, cfg.seed, model.device, ev.classifier)
+        filtered = filtering.filtered_sampler(model.sample, ensemble, ev.filter.oversample)
+        labels = graded["gan_test"][1]
+        graded = {**graded, "gan_test_filtered": (filtered(labels, cfg.seed + 1), labels)}
     result = utility(train_images[pick], train_labels[pick], model.sample, test_images, test_labels, n_classes, ev.utility_epochs,
-                     seeds, ev.synthetic_per_real, ev.pretrain, model.device, ev.classifier, ev.judge, graded, class_names, on_progress=log.info)
+                     seeds, ev.synthetic_per_real, ev.pretrain, model.device, ev.classifier, ev.judge, graded, class_names, on_progress=log.info,
+                     filtered=filtered)
     summary = result.summary()
+    if ensemble is not None:
+        summary["filter_held_out_balanced_accuracy"] = float(np.mean(ensemble.held_out))
+        summary["filter_oversample"] = float(ev.filter.oversample)
+        summary["filter_members"] = float(folds)
     save_atomic({"summary": summary, "references": [{k: v.cpu() for k, v in r.state_dict().items()} for r in result.references]}, cached)
     for old in sorted(UTILITY_CACHE.glob("utility-*.pt"), key=lambda p: p.stat().st_mtime)[:-UTILITY_CACHE_ENTRIES]:
         old.unlink(missing_ok=True)

@@ -1,5 +1,7 @@
 """generate: synthetic slices from the trained model → data/synthetic/ (PNG per class, optional NIfTI
-stacks, manifest.json), when ``generate.enabled``; otherwise an empty folder with a manifest saying so.
+stacks, manifest.json), when ``generate.enabled``, otherwise an empty folder with a manifest saying so.
+With ``generate.oversample`` > 1 it is the filtered export (``brainsynth.filtering``: its held-out
+ensemble trained on data/prepared's training split, the recipe of ``evaluate.filter``).
 The same export is available outside DVC as ``brainsynth-generate``."""
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from brainsynth.config import Config
 from brainsynth.device import resolve_device
 from brainsynth.export import export, n_images
 from brainsynth.files import atomic_dir
+from brainsynth.filtering import Selection, ensemble_from_prepared
 from brainsynth.inference import SynthModel
-from brainsynth.paths import MODEL_FILE, SYNTHETIC_DIR
+from brainsynth.paths import MODEL_FILE, PREPARED_DIR, SYNTHETIC_DIR
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
 
 
@@ -29,7 +32,14 @@ def run(cfg: Config, log: logging.Logger) -> None:
             log.info("generate.enabled is false: nothing generated (dvc exp run -S generate.enabled=true to export)")
             return
         model = SynthModel.load(MODEL_FILE, resolve_device(cfg.train.device), cfg.train.bf16)
-        manifest = export(model, SYNTHETIC_DIR, cfg.generate.n_per_class, cfg.seed, cfg.generate.nifti, str(MODEL_FILE), MODEL_FILE, force=True)  # a DVC output
+        selection = None
+        if cfg.generate.oversample > 1:
+            flt = cfg.evaluate.filter
+            log.info("filtered export: training the held-out ensemble (%d members) on %s", flt.members, PREPARED_DIR)
+            ensemble, trained_on = ensemble_from_prepared(PREPARED_DIR, flt.members, flt.epochs, cfg.seed, model.device, cfg.evaluate.classifier)
+            selection = Selection(ensemble, cfg.generate.oversample, cfg.generate.keep, {**trained_on, "seed": cfg.seed})
+        manifest = export(model, SYNTHETIC_DIR, cfg.generate.n_per_class, cfg.seed, cfg.generate.nifti, str(MODEL_FILE), MODEL_FILE, force=True,  # a DVC output
+                          selection=selection)
         seconds = time.perf_counter() - started
         metrics = {"enabled": 1, "n_images": n_images(manifest), "seconds": round(seconds, 2)}
         write_metrics("generate", {"generate": {"n_images": metrics["n_images"]}})
