@@ -17,7 +17,10 @@
   duplicate-real control; the same TRTR/TSTR by the independent judge (``judge_*``,
   ``brainsynth.judge``), which the headline quotes; each seed's real-trained CNN and judge grade
   samples (``gan_test_*``), reconstructions (``recon_class_*``) and the real test slices
-  (``real_class_*``); ``chance_balanced_accuracy`` = 1/K.
+  (``real_class_*``); ``chance_balanced_accuracy`` = 1/K. With ``evaluate.filter.oversample`` > 1
+  the same for the filtered export (``brainsynth.filtering``): ``tstr_filtered_*``,
+  ``judge_tstr_filtered_*``, ``gan_test_filtered_*``, ``<best use>_filtered_*``,
+  ``augment_gain_filtered_*``, and the filter ensemble's ``filter_held_out_balanced_accuracy``.
 * anatomy: ``morph_distance_<class>`` — 1-D Wasserstein distance between the CSF-area-fraction
   distributions of generated and real test slices of a class, next to ``morph_distance_real_<class>``
   (real training vs real test), and ``morph_distance_ratio`` (the worst class's ratio, ≤ 2 is the
