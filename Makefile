@@ -1,4 +1,4 @@
-# make run   – set up .venv and run the whole DVC pipeline on the embedded cohort (~16 min on 2 CPU cores)
+# make run   – set up .venv and run the whole DVC pipeline on the embedded cohort (~28 min on 2 CPU cores)
 # make run-quick – the whole pipeline on a tiny cohort as a temporary DVC experiment (a minute or two)
 # make cluster-demo – the multi-machine set-up (PostgreSQL, mlflow server, 2 tuning workers, torchrun) on this machine
 # make test  – set up .venv and run the tests
