@@ -10,7 +10,6 @@ A slice classifier is trained, for each of several seeds, on
 * ``pretrain``: synthetic slices first, then real ones (half the updates each),
 * ``duplicate_<best use>``: the control of the best use — real + as many *real* slices of the same
   classes, drawn again — so its gain can be told apart from what more (rebalanced) slices give,
-
 * with a filtered sampler (``brainsynth.filtering``): ``tstr_filtered`` and the best use again with
   filtered synthetic slices (``<best use>_filtered``),
 
@@ -166,7 +165,8 @@ def _mean_std(values) -> tuple[float, float]:
 class UtilityResult:
     """Per-seed scores of every classifier kind (``{kind: [scores per seed]}``; kinds: trtr, tstr,
     the uses, ``duplicate_<use>`` controls, ``judge_trtr``/``judge_tstr`` for the independent judge
-    and, with the filtered export, ``tstr_filtered``/``judge_tstr_filtered``/``<best use>_filtered``), per-seed grades of given image sets by both families, and the per-seed real-trained CNNs."""
+    and, with the filtered export, ``tstr_filtered``/``judge_tstr_filtered``/``<best use>_filtered``),
+    per-seed grades of given image sets by both families, and the per-seed real-trained CNNs."""
 
     scores: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     grades: dict[str, list[float]] = field(default_factory=dict)  # e.g. gan_test_balanced_accuracy, judge_gan_test_...: per seed

@@ -38,7 +38,8 @@ def run(cfg: Config, log: logging.Logger) -> None:
             log.info("filtered export: training the held-out ensemble (%d members) on %s", flt.members, PREPARED_DIR)
             ensemble, trained_on = ensemble_from_prepared(PREPARED_DIR, flt.members, flt.epochs, cfg.seed, model.device, cfg.evaluate.classifier)
             selection = Selection(ensemble, cfg.generate.oversample, cfg.generate.keep, {**trained_on, "seed": cfg.seed})
-        manifest = export(model, SYNTHETIC_DIR, cfg.generate.n_per_class, cfg.seed, cfg.generate.nifti, str(MODEL_FILE), MODEL_FILE, force=True,  # a DVC output
+        # force: data/synthetic is a DVC output, replaced whole
+        manifest = export(model, SYNTHETIC_DIR, cfg.generate.n_per_class, cfg.seed, cfg.generate.nifti, str(MODEL_FILE), MODEL_FILE, force=True,
                           selection=selection)
         seconds = time.perf_counter() - started
         metrics = {"enabled": 1, "n_images": n_images(manifest), "seconds": round(seconds, 2)}
