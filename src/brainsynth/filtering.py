@@ -24,7 +24,7 @@ import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
 from brainsynth.downstream import budget, class_scores, train_classifier
-from brainsynth.inference import autocast, predict_classes, unit_batches
+from brainsynth.inference import predict_classes, unit_batches
 from brainsynth.nets import SliceClassifier
 
 SEED_OFFSET = 700_000  # the ensemble's seeds: seed + SEED_OFFSET + member; evaluation classifiers use seed + 100 × i (i < 20)
@@ -52,8 +52,7 @@ class FilterEnsemble:
             member.eval()
             probabilities = []
             for _, x in unit_batches(images, device):
-                with torch.autocast(**autocast(device, False)):
-                    probabilities.append(member(x).float().softmax(dim=1).cpu())
+                probabilities.append(member(x).float().softmax(dim=1).cpu())
             if probabilities:
                 total += torch.cat(probabilities).numpy()[np.arange(len(images)), labels]
         return total / max(len(self.members), 1)
@@ -64,6 +63,11 @@ class FilterEnsemble:
                 "held_out_balanced_accuracy": [round(a, 4) for a in self.held_out]}
 
 
+def most_folds(labels: np.ndarray, subjects: np.ndarray) -> int:
+    """The most subject-level folds every class can fill: the fewest subjects of any class."""
+    return min(len(np.unique(subjects[labels == k])) for k in np.unique(labels))
+
+
 def train_ensemble(images: np.ndarray, labels: np.ndarray, subjects: np.ndarray, n_classes: int, members: int, epochs: int, seed: int,
                    device: torch.device, recipe) -> FilterEnsemble:
     """The held-out ensemble on the training split: (N, S, S) uint8 images, (N,) labels, (N,) subject
@@ -71,9 +75,8 @@ def train_ensemble(images: np.ndarray, labels: np.ndarray, subjects: np.ndarray,
     member i is trained on all folds but i for ``epochs`` passes (at least ``recipe.min_steps``
     updates, ``downstream.budget``). ValueError naming the count when
     there are fewer subjects of a class than folds."""
-    per_class = {k: len(np.unique(subjects[labels == k])) for k in np.unique(labels)}
-    if min(per_class.values()) < members:
-        raise ValueError(f"filter.members = {members}: the training split has {min(per_class.values())} subjects of a class, "
+    if most_folds(labels, subjects) < members:
+        raise ValueError(f"filter.members = {members}: the training split has {most_folds(labels, subjects)} subjects of a class, "
                          f"fewer than the folds the held-out ensemble needs")
     folds = StratifiedGroupKFold(n_splits=members, shuffle=True, random_state=seed + SEED_OFFSET)
     ensemble = FilterEnsemble(members=[], epochs=epochs)

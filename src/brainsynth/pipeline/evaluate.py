@@ -186,7 +186,7 @@ def utility_metrics(cfg: Config, model: SynthModel, train_images, train_labels, 
             log.warning("utility cache %s unusable (%s): retraining", cached, err)
     filtered, ensemble = None, None
     # A small cohort (data.train_fraction) may have fewer subjects of a class than evaluate.filter.members folds: fewer folds then.
-    folds = min(ev.filter.members, min(len(np.unique(train_subjects[pick][train_labels[pick] == k])) for k in np.unique(train_labels[pick])))
+    folds = min(ev.filter.members, filtering.most_folds(train_labels[pick], train_subjects[pick]))
     if ev.filter.oversample > 1 and folds < 2:
         log.warning("filtered export not scored: a class has %d training subject (the held-out ensemble needs 2 folds)", folds)
     elif ev.filter.oversample > 1:
