@@ -16,6 +16,7 @@ Not a test: figures go to benchmarks/README.md ("CPU speed levers").
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 def parse_lever(text: str) -> tuple[str, dict]:
     name, _, settings = text.partition("=")
     overrides = {}
-    for item in filter(None, settings.split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", settings)):  # commas inside [..] belong to a list value
         key, value = item.split("=", 1)
         overrides[key] = yaml.safe_load(value)
     return name, overrides

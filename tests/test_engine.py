@@ -307,3 +307,50 @@ def test_the_cpu_allocator_keeps_freed_memory_for_the_next_step():
 
     faults_of_a_pass()  # the first pass grows the heap
     assert faults_of_a_pass() < 500  # unmapped each time, 5 × 16 MiB would be ~20 000 faults
+
+
+def test_learned_spatial_prior_starts_at_the_standard_prior_learns_and_reloads(tiny_cfg, tiny_images, tmp_path):
+    """#24 structural arm: ``model.spatial_prior: learned`` puts p(z₂ | z₁, y) in the decoder. It
+    starts as N(0, I) (the same draws as the standard prior), its parameters are trained by the
+    KL and by the critic (its draws are among the prior samples judged), its KL is the one to the
+    learned prior, and sampling a saved model file reproduces the trainer's samples."""
+    from brainsynth import losses
+    from brainsynth.checkpoint import save_model_file
+    from brainsynth.inference import SynthModel
+
+    images, labels = tiny_images
+    cfg = tiny_cfg.with_overrides({"model.spatial_latent_channels": 1, "model.spatial_latent_factor": 4, "model.spatial_prior": "learned"})
+    trainer = Trainer(cfg, images, labels, 3, torch.device("cpu"))
+    vae = trainer.model.vae
+    noise = torch.randn(6, vae.latent_dim)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    assert torch.equal(vae.prior_latent(noise, y), noise)  # zero-initialised: N(0, I) at the start
+
+    prior = {k: v.clone() for k, v in trainer.model.decoder.prior.state_dict().items()}
+    trainer.train_epoch()
+    moved = trainer.model.decoder.prior.state_dict()
+    assert any(not torch.equal(v, moved[k]) for k, v in prior.items())
+    z = vae.prior_latent(noise, y)
+    assert torch.equal(z[:, :16], noise[:, :16]) and not torch.allclose(z[:, 16:], noise[:, 16:])  # z₁ stays eps₁, z₂ is drawn from p(z₂ | z₁, y)
+
+    x, yb = trainer.batch(torch.arange(8))
+    out = trainer.decode_batch(x, yb, with_prior=True)
+    prior_mu, prior_logvar = out.spatial_prior
+    assert prior_mu.shape == prior_logvar.shape == (8, 64)
+    forward = losses.GeneratorForward(x, yb, out.mu, out.logvar, out.decoded, out.labels, spatial_prior=out.spatial_prior)
+    standard = losses.GeneratorForward(x, yb, out.mu, out.logvar, out.decoded, out.labels)
+    assert losses.kl_term(forward, cfg.loss).item() != pytest.approx(losses.kl_term(standard, cfg.loss).item())
+    zeros = torch.zeros_like(prior_mu)
+    assert losses.kl_divergence(out.mu[:, 16:], out.logvar[:, 16:], zeros, zeros).item() == pytest.approx(
+        losses.kl_divergence(out.mu[:, 16:], out.logvar[:, 16:]).item(), rel=1e-5)
+
+    path = tmp_path / "model.pt"
+    model = trainer.model
+    save_model_file(path, cfg.model, 32, 3, ["a", "b", "c"], model.ema_encoder, model.ema_decoder)
+    loaded = SynthModel.load(path, torch.device("cpu"), bf16=False)
+    assert np.array_equal(loaded.sample(np.array([0, 1, 2]), seed=3), trainer.sample(np.array([0, 1, 2]), seed=3))
+
+
+def test_learned_spatial_prior_without_a_spatial_latent_is_a_config_error(tiny_cfg):
+    with pytest.raises(ValueError, match="spatial_prior 'learned' needs spatial_latent_channels > 0"):
+        tiny_cfg.with_overrides({"model.spatial_latent_channels": 0, "model.spatial_prior": "learned"})

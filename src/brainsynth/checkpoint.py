@@ -73,7 +73,7 @@ _V1_FORMAT = "brainsynth-model-v1"
 # ModelConfig keys added after a format was written, with the value that reproduces the old
 # architecture; a file lacking one gets it from here.
 MODEL_KEYS_ADDED_LATER: dict[str, object] = {"class_norm": False, "class_embed_dim": 32, "spatial_latent_channels": 0,
-                                                 "spatial_latent_factor": 4}
+                                                 "spatial_latent_factor": 4, "spatial_prior": "standard"}
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,8 @@ def channels_last(setting: str | bool, device: torch.device) -> bool:
 class Decoded(NamedTuple):
     """``Trainer.decode_batch``'s pass: mu, logvar (B, Z) float32; decoded (B + P, 1, S, S), the B
     reconstructions then the P prior samples the critic judges, and their labels (B + P,);
-    swapped (W, 1, S, S) and swapped_labels (W,): the grade swaps (None without them)."""
+    swapped (W, 1, S, S) and swapped_labels (W,): the grade swaps (None without them);
+    spatial_prior: mu, logvar (B, C·R²) of the learned p(z₂ | z₁, y) at the posterior samples (None: N(0, I))."""
 
     mu: torch.Tensor
     logvar: torch.Tensor
@@ -86,6 +87,7 @@ class Decoded(NamedTuple):
     labels: torch.Tensor
     swapped: torch.Tensor | None = None
     swapped_labels: torch.Tensor | None = None
+    spatial_prior: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 GRADER_SEED_OFFSET = 15_485_863  # the consistency ensemble's seeds: apart from the evaluation's (seed + i) and the judge's
@@ -209,10 +211,13 @@ class Trainer:
         vae = self.model.vae
         mu, logvar = vae.encode(x, y)
         z, labels = [vae.reparameterise(mu, logvar)], [y]
+        spatial_prior = None
+        if vae.decoder.prior is not None:
+            spatial_prior = vae.decoder.prior_stats(z[0][:, : vae.decoder.vector_dim], vae.labels(y))
         if with_prior:
             n_prior = max(1, int(x.shape[0] * self.loss.prior_fraction))
             labels.append(y[torch.randperm(y.shape[0], device=self.device)[:n_prior]])
-            z.append(torch.randn(n_prior, z[0].shape[1], device=self.device))
+            z.append(vae.prior_latent(torch.randn(n_prior, z[0].shape[1], device=self.device), labels[-1]))
         n_judged = sum(len(part) for part in labels)
         if with_swap:
             n_swap = max(1, int(y.shape[0] * self.loss.prior_fraction))
@@ -221,8 +226,8 @@ class Trainer:
         labels = torch.cat(labels)
         decoded = vae.decode(torch.cat(z).to(x.dtype), labels)
         if not with_swap:
-            return Decoded(mu, logvar, decoded, labels)
-        return Decoded(mu, logvar, decoded[:n_judged], labels[:n_judged], decoded[n_judged:], labels[n_judged:])
+            return Decoded(mu, logvar, decoded, labels, spatial_prior=spatial_prior)
+        return Decoded(mu, logvar, decoded[:n_judged], labels[:n_judged], decoded[n_judged:], labels[n_judged:], spatial_prior)
 
     def _judge(self, images: torch.Tensor, labels: torch.Tensor, set_sizes=None):
         """The critic's (scores, features) of ``images`` with instance noise, under autocast."""
@@ -311,7 +316,7 @@ class Trainer:
         forward = losses.GeneratorForward(x, y, out.mu, out.logvar, out.decoded, out.labels, critic=self._judge if adversarial else None,
                                           classifier=self._classify if class_term else None,
                                           grader=self._grade if consistency else None, swapped=out.swapped, swapped_labels=out.swapped_labels,
-                                          latent_classifier=self.model.latent_classifier,
+                                          latent_classifier=self.model.latent_classifier, spatial_prior=out.spatial_prior,
                                           last_layer=self.model.decoder.out[-1].weight if self.loss.adaptive_adv else None)
         meter.add(self.generator_phase(forward, progress))
         # EMA warm-up (as in many EMA implementations): short runs are not dominated by the init.

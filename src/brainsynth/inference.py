@@ -45,7 +45,7 @@ def _labels(labels: np.ndarray, start: int, stop: int, device: torch.device) -> 
 
 @torch.no_grad()
 def sample_images(vae: VAE, labels, seed: int, device: torch.device, bf16: bool = True, batch: int = 256) -> np.ndarray:
-    """Decode z ~ N(0, I) drawn from ``seed`` for each label. Returns (N, S, S) uint8."""
+    """Decode prior draws from noise eps ~ N(0, I) drawn from ``seed`` for each label (``VAE.sample``). Returns (N, S, S) uint8."""
     vae.eval()
     labels = np.asarray(labels)
     z = torch.randn(len(labels), vae.latent_dim, generator=torch.Generator().manual_seed(seed))

@@ -33,9 +33,13 @@ def reconstruction(recon: torch.Tensor, target: torch.Tensor, kind: str = "l1") 
     raise ValueError(f"unknown reconstruction loss {kind!r}")
 
 
-def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(q(z|x) || N(0, I)) summed over latent dimensions, averaged over the batch (scalar)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1).mean()
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor | None = None,
+                  prior_logvar: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(q(z|x) || p(z)) summed over latent dimensions, averaged over the batch (scalar).
+    p = N(0, I), or N(prior_mu, diag exp(prior_logvar)) when those are given (all (B, Z))."""
+    if prior_mu is None:
+        return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1).mean()
+    return 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0).sum(dim=1).mean()
 
 
 def focal_frequency(recon: torch.Tensor, target: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
@@ -131,7 +135,8 @@ class GeneratorForward:
     blurred ensemble (grade consistency), with ``swapped`` (W, 1, S, S): posterior samples decoded
     with another grade ``swapped_labels`` (W,); None when that term is off at this step.
     ``latent_classifier(mu)`` → logits (B, K): the Fader adversary, frozen here; None when off.
-    ``last_layer``: the decoder's last weight (``loss.adaptive_adv``); ``adaptive_scale`` is set by
+    ``spatial_prior``: mu, logvar (B, C·R²) of the learned p(z₂ | z₁, y) at the posterior samples
+    (``model.spatial_prior`` learned; None for N(0, I)). ``last_layer``: the decoder's last weight (``loss.adaptive_adv``); ``adaptive_scale`` is set by
     ``compose`` when that weight is computed.
     """
 
@@ -148,6 +153,7 @@ class GeneratorForward:
     swapped_labels: torch.Tensor | None = None
     latent_classifier: Callable | None = None
     last_layer: torch.Tensor | None = None
+    spatial_prior: tuple[torch.Tensor, torch.Tensor] | None = None
     adaptive_scale: torch.Tensor | None = None
     _fake_judged: tuple | None = field(default=None, repr=False)
 
@@ -292,8 +298,14 @@ def reconstruction_term(f: GeneratorForward, cfg) -> torch.Tensor:
 
 @term("kl", "generator", weight="kl_weight", optional=False, schedule=kl_warmup, panel="vae")
 def kl_term(f: GeneratorForward, cfg) -> torch.Tensor:
-    """KL per pixel, on the scale of the per-pixel reconstruction term."""
-    return kl_divergence(f.mu, f.logvar) / (f.x.shape[-1] * f.x.shape[-2])
+    """KL per pixel, on the scale of the per-pixel reconstruction term. With a learned spatial
+    prior (``f.spatial_prior``) the spatial part's KL is to p(z₂ | z₁, y) at the posterior sample z₁."""
+    if f.spatial_prior is None:
+        return kl_divergence(f.mu, f.logvar) / (f.x.shape[-1] * f.x.shape[-2])
+    prior_mu, prior_logvar = f.spatial_prior
+    vector = f.mu.shape[1] - prior_mu.shape[1]
+    kl = kl_divergence(f.mu[:, :vector], f.logvar[:, :vector]) + kl_divergence(f.mu[:, vector:], f.logvar[:, vector:], prior_mu, prior_logvar)
+    return kl / (f.x.shape[-1] * f.x.shape[-2])
 
 
 @term("feature", "generator", weight="feature_weight")

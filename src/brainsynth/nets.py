@@ -286,10 +286,39 @@ def latent_size(cfg: ModelConfig, image_size: int) -> int:
     return cfg.latent_dim + cfg.spatial_latent_channels * (image_size // cfg.spatial_latent_factor) ** 2
 
 
+class SpatialPrior(nn.Module):
+    """The learned prior of the spatial latent, p(z₂ | z₁, y) = N(mu, diag sigma²) (NVAE/VDVAE-style
+    top-down prior): the vector latent z₁ (B, V) and the class embedding (B, E) → mu, logvar
+    (B, C·R²) float32 of z₂ at C × R × R. The last conv starts at zero, so training starts from
+    N(0, I), the standard prior.
+    """
+
+    def __init__(self, vector_dim: int, embed_dim: int, spatial_shape: tuple[int, int, int], logvar_range: tuple[float, float],
+                 width: int = 32):
+        super().__init__()
+        channels, res, _ = spatial_shape
+        self.width, self.logvar_range = width, logvar_range
+        self.fc = nn.Linear(vector_dim + embed_dim, width * 16)
+        layers: list[nn.Module] = []
+        for _ in range(int(math.log2(res // 4))):
+            layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(width, width, 3, padding=1), nn.SiLU()]
+        self.body = nn.Sequential(nn.SiLU(), *layers)
+        self.out = nn.Conv2d(width, 2 * channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, vector: torch.Tensor, embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = vector if embedding is None else torch.cat([vector, embedding.to(vector.dtype)], dim=1)
+        h = self.body(self.fc(h).view(h.shape[0], self.width, 4, 4))
+        mu, logvar = self.out(h).float().chunk(2, dim=1)
+        return mu.flatten(1), logvar.flatten(1).clamp(*self.logvar_range)
+
+
 class Decoder(nn.Module):
     """The generator: z (B, Z) [, labels (B,)] → image (B, 1, S, S) in [-1, 1].
 
-    The same network decodes encoder samples (reconstructions) and prior samples z ~ N(0, I).
+    The same network decodes encoder samples (reconstructions) and prior samples (z ~ N(0, I), or
+    with ``cfg.spatial_prior`` learned, z₂ ~ p(z₂ | z₁, y) from its ``SpatialPrior``: ``latent_from_noise``).
     With ``cfg.class_norm`` (and classes) the shared class embedding also sets the gain and bias of
     every residual block's normalisation (``ClassConditionalNorm``). With a spatial latent (see
     ``Encoder``) its C maps join the features at resolution R through a 3×3 conv, added as a residual.
@@ -330,6 +359,26 @@ class Decoder(nn.Module):
             self.inject = nn.Conv2d(tap_channels + cfg.spatial_latent_channels, tap_channels, 3, padding=1)
         self.latent_dim = latent_size(cfg, image_size)
         self.image_size = image_size
+        self.prior = None
+        if cfg.spatial_prior == "learned":
+            if not cfg.spatial_latent_channels:
+                raise ValueError("model.spatial_prior 'learned' needs model.spatial_latent_channels > 0")
+            self.prior = SpatialPrior(cfg.latent_dim, embed_dim, self.spatial_shape, (cfg.logvar_min, cfg.logvar_max))
+
+    def prior_stats(self, vector: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu, logvar (B, C·R²) float32 of the learned prior p(z₂ | z₁, y) (``model.spatial_prior``)."""
+        embedding = self.embed(labels) if self.embed is not None else None
+        return self.prior(vector, embedding)
+
+    def latent_from_noise(self, noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """eps ~ N(0, I) (B, Z) → a draw of z from the model's prior: z itself under the standard
+        prior; with the learned prior z₁ = eps₁ and z₂ = mu(z₁, y) + sigma(z₁, y)·eps₂."""
+        if self.prior is None:
+            return noise
+        vector = noise[:, : self.vector_dim]
+        mu, logvar = self.prior_stats(vector, labels)
+        spatial = mu + (0.5 * logvar).exp() * noise[:, self.vector_dim :].float()
+        return torch.cat([vector, spatial.to(vector.dtype)], dim=1)
 
     def _inject(self, h: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
         return h + self.inject(torch.cat([h, spatial.to(h.dtype)], dim=1))
@@ -549,9 +598,14 @@ class VAE:
         mu, _ = self.encode(x, y)
         return self.decode(mu.to(x.dtype), y)
 
-    def sample(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode latents drawn from the prior N(0, I) (the caller draws them, for seeding)."""
-        return self.decode(z, y)
+    def prior_latent(self, noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """eps ~ N(0, I) (B, Z) → z drawn from the model's prior (``Decoder.latent_from_noise``)."""
+        return self.decoder.latent_from_noise(noise, self.labels(y))
+
+    def sample(self, noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode prior draws from noise eps ~ N(0, I) (B, Z) (the caller draws it, for seeding):
+        z = eps under the standard prior, through the learned spatial prior otherwise."""
+        return self.decode(self.prior_latent(noise, y), y)
 
     def eval(self) -> "VAE":
         self.encoder.eval()

@@ -98,6 +98,7 @@ class ModelConfig(_Section):
     class_embed_dim: int = Field(ge=1, le=1024)
     spatial_latent_channels: int = Field(ge=0, le=64)
     spatial_latent_factor: int
+    spatial_prior: Literal["standard", "learned"]
     logvar_min: float
     logvar_max: float
 
@@ -110,6 +111,8 @@ class ModelConfig(_Section):
                 raise ValueError(f"attention resolution {res} must be a power of two >= 4")
         if self.spatial_latent_factor < 2 or self.spatial_latent_factor & (self.spatial_latent_factor - 1):
             raise ValueError(f"spatial_latent_factor {self.spatial_latent_factor} must be a power of two >= 2")
+        if self.spatial_prior == "learned" and not self.spatial_latent_channels:
+            raise ValueError("spatial_prior 'learned' needs spatial_latent_channels > 0 (it is the prior of the spatial latent)")
         return self
 
 
