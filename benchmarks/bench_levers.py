@@ -16,6 +16,7 @@ Writes ``OUT/NAME.json`` (and ``OUT/NAME.pt``, the model file, for figures). Log
 
     python benchmarks/bench_levers.py --name baseline --threads 1
     python benchmarks/bench_levers.py --name consistency --threads 1 --set loss.consistency_weight=0.1
+    python benchmarks/bench_levers.py --name default_seed7 --threads 1 --train-seed 7  # training-seed noise
     python benchmarks/bench_levers.py --table benchmarks/levers   # the table of every arm written so far
     python benchmarks/bench_levers.py --figure --name consistency  # its samples, reconstructions and grade swaps
     python benchmarks/bench_levers.py --regrade --name consistency # its grade-swapped training slices as the synthetic set
@@ -89,8 +90,11 @@ def run(args) -> None:
     splits = subsample_train_subjects(cohort.subjects, cohort.labels, splits, cfg.data.train_fraction, cfg.seed)
     (tx, ty), (sx, sy) = [(cohort.images[splits == s], cohort.labels[splits == s]) for s in ("train", "test")]
     k, names, device = len(cohort.class_names), cohort.class_names, torch.device("cpu")
+    # --train-seed reruns the training (weights, shuffling, noise) without moving the split or the
+    # scoring seeds, so two rows differ only by the training's luck: the noise every lever is read against
+    train_cfg = cfg.with_overrides({"seed": args.train_seed}, source="--train-seed") if args.train_seed is not None else cfg
     started = time.perf_counter()
-    trainer = Trainer(cfg, tx, ty, k, device)
+    trainer = Trainer(train_cfg, tx, ty, k, device)
     setup_seconds = time.perf_counter() - started
     seconds: list[float] = []
 
@@ -131,7 +135,7 @@ def run(args) -> None:
         return {name: float(np.mean(values)), f"{name}_std": float(np.std(values, ddof=1))}
 
     row = {
-        "name": args.name, "overrides": overrides, "epochs": epochs, "latent_numbers": latent_size(cfg.model, cfg.data.image_size),
+        "name": args.name, "overrides": overrides, "train_seed": train_cfg.seed, "epochs": epochs, "latent_numbers": latent_size(cfg.model, cfg.data.image_size),
         "seconds_per_epoch": float(np.mean(seconds)), "setup_seconds": setup_seconds,
         "recon_psnr": M.psnr(sx, recon), "pca_psnr": M.pca_psnr(tx, sx, latent_size(cfg.model, cfg.data.image_size), cfg.seed),
         "recon_class": summary["recon_class_balanced_accuracy"], "recon_class_std": summary["recon_class_balanced_accuracy_std"],
@@ -246,6 +250,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0, help="0 = train.epochs")
     parser.add_argument("--set", action="append", default=[], help="key=value (YAML value), repeatable")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--train-seed", type=int, help="seed of the training only (default: params.yaml seed, which also draws the split)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "levers"))
     parser.add_argument("--table", help="print the table of the arms in this folder and stop")
