@@ -1,4 +1,4 @@
-"""CPU speed levers of the training step (issue #27), measured side by side in one process.
+"""CPU speed levers of the training step, measured side by side in one process.
 
 Each lever is a ``params.yaml`` override set (``--lever NAME=key=value,key=value``; the first one
 is the reference). A trainer is built per lever from the same seed and data; the timing rounds
@@ -10,7 +10,7 @@ half is printed beside the reference's: a lever is kept only at equal numerics.
     python benchmarks/bench_cpu_levers.py --lever base= --lever nhwc=train.channels_last=true
     python benchmarks/bench_cpu_levers.py --lever base=train.channels_last=false --lever auto= --curve-steps 200
 
-Not a test: figures go to benchmarks/README.md ("CPU speed levers").
+Not a test: the latest figures are in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ import numpy as np
 import torch
 import yaml
 
-from brainsynth.config import load
+from brainsynth.config import load, with_overrides
 from brainsynth.data.embedded import build_cohort
-from brainsynth.engine import Trainer
-from brainsynth.meters import LossMeter
+from brainsynth.training.engine import LossMeter, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,11 +52,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = load(REPO / "params.yaml").with_overrides({"data.image_size": args.size, "train.batch_size": args.batch, "train.device": "cpu"})
-    cohort = build_cohort(base.with_overrides({"data.embedded.n_subjects": 24}).data.embedded, args.size, seed=0)
+    base = with_overrides(load(REPO / "params.yaml"), {"data.image_size": args.size, "train.batch_size": args.batch, "train.device": "cpu"})
+    cohort = build_cohort(with_overrides(base, {"data.embedded.n_subjects": 24}).data.embedded, args.size, seed=0)
     levers = [parse_lever(text) for text in args.lever]
-    configs = {name: base.with_overrides(overrides) for name, overrides in levers}
-    progress = max(1.0, base.loss.adv_start_epoch + base.loss.consistency_ramp_epochs, base.loss.kl_warmup_epochs)
+    configs = {name: with_overrides(base, overrides) for name, overrides in levers}
+    progress = max(1.0, base.loss.adv_start_epoch + base.loss.consistency.ramp_epochs, base.loss.kl_warmup_epochs)
     print(f"CPU, {torch.get_num_threads()} threads; {args.size}², batch {args.batch}; {args.repeats} interleaved rounds of {args.steps} full steps")
 
     trainers = {}

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from brainsynth.config import with_overrides
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -32,19 +34,18 @@ def worker(args) -> None:
     from brainsynth.config import load
     from brainsynth.data.embedded import build_cohort
     from brainsynth.device import resolve_device
-    from brainsynth.engine import Trainer
-    from brainsynth.meters import LossMeter
+    from brainsynth.training.engine import LossMeter, Trainer
 
     world = distributed.world_from_env()
     cuda = resolve_device("auto").type == "cuda"
     device = distributed.init(world, cuda) or torch.device("cuda" if cuda else "cpu")
     if not cuda:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.size))
-    cfg = load(REPO / "params.yaml").with_overrides({"data.image_size": args.size, "train.batch_size": args.batch,
+    cfg = with_overrides(load(REPO / "params.yaml"), {"data.image_size": args.size, "train.batch_size": args.batch,
                                                         "loss.adv_start_epoch": 0, "loss.kl_warmup_epochs": 0})
     per_subject = cfg.data.embedded.slices_per_subject
     n_subjects = max(3, -(-args.images // per_subject))  # just enough subjects for --images slices
-    cohort = build_cohort(cfg.with_overrides({"data.embedded.n_subjects": n_subjects}).data.embedded, args.size, cfg.seed)
+    cohort = build_cohort(with_overrides(cfg, {"data.embedded.n_subjects": n_subjects}).data.embedded, args.size, cfg.seed)
     images, labels = cohort.images[: args.images], cohort.labels[: args.images]
     trainer = Trainer(cfg, images, labels, 3, device, world)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).to(trainer.device)

@@ -7,7 +7,7 @@
 
 Prints images/second for both and their ratio (line containing 'ratio'), model FLOPs per
 training image (forward + backward + gradient penalty, counted by torch's FlopCounterMode) and,
-on a GPU, MFU against the device's dense bf16 peak. Not a test: numbers go to benchmarks/README.md.
+on a GPU, MFU against the device's dense bf16 peak. Not a test: the latest figures are in benchmarks/README.md.
 
     python benchmarks/bench_engine.py --size 64 --batch 32            # CPU default
     python benchmarks/bench_engine.py --size 128 --batch 64 --steps 200   # on a GPU
@@ -27,10 +27,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from brainsynth.config import Config, load
+from brainsynth.config import Config, load, with_overrides
 from brainsynth.data.embedded import build_cohort
-from brainsynth.engine import Trainer
-from brainsynth.meters import LossMeter
+from brainsynth.training.engine import LossMeter, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +78,7 @@ def bench_engine(cfg: Config, images, labels, device, steps: int, warmup: int) -
 
 
 def bench_seed_style(cfg: Config, files, labels, device, steps: int, warmup: int) -> float:
-    eager = cfg.with_overrides({"train.bf16": False, "train.compile": False, "train.hflip": False})
+    eager = with_overrides(cfg, {"train.bf16": False, "train.compile": False, "train.hflip": False})
     size = np.asarray(Image.open(files[0])).shape[-1]
     placeholder = np.zeros((cfg.train.batch_size, size, size), np.uint8)  # builds the model; batches come from the loader
     trainer = Trainer(eager, placeholder, np.zeros(cfg.train.batch_size, np.int64), 3, device)
@@ -113,7 +112,7 @@ def flops_per_image(cfg: Config, images, labels, device) -> tuple[float, float]:
     counted without it, and the penalty is estimated as 4 critic forwards on the batch (forward,
     input-gradient backward and the double backward through it), amortised over gp_every.
     """
-    no_gp = cfg.with_overrides({"loss.gp_weight": 0.0})
+    no_gp = with_overrides(cfg, {"loss.gp_weight": 0.0})
     trainer = Trainer(no_gp, images[: cfg.train.batch_size * 2], labels[: cfg.train.batch_size * 2], 3, device)
     x, y = trainer.batch(torch.arange(trainer.batch_size, device=device))
     with FlopCounterMode(display=False) as counter:
@@ -146,16 +145,16 @@ def main() -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
     overrides = {"data.image_size": args.size, "train.batch_size": args.batch, "train.compile": args.compile}
     overrides.update({key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)})
-    cfg = load(REPO / "params.yaml").with_overrides(overrides)
+    cfg = with_overrides(load(REPO / "params.yaml"), overrides)
     n_subjects = max(3, args.images // cfg.data.embedded.slices_per_subject + 1)
-    cohort = build_cohort(cfg.with_overrides({"data.embedded.n_subjects": n_subjects}).data.embedded, args.size, seed=0)
+    cohort = build_cohort(with_overrides(cfg, {"data.embedded.n_subjects": n_subjects}).data.embedded, args.size, seed=0)
     images, labels = cohort.images[: args.images], cohort.labels[: args.images]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; image {args.size}x{args.size}, batch {args.batch}, {args.steps} timed steps after {args.warmup} warm-up")
 
     # Same augmentation for both (none: the seed had none); measurements interleaved and
     # repeated, best of each kept, so that machine noise does not decide the ratio.
-    cfg = cfg.with_overrides({"train.hflip": False})
+    cfg = with_overrides(cfg, {"train.hflip": False})
     seed_rates, engine_rates = [], []
     with tempfile.TemporaryDirectory() as folder:
         files = []

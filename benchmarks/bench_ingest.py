@@ -2,7 +2,7 @@
 
 Builds ``--images`` JPEGs of 496×248 RGB (the size and mode of the Kaggle OASIS slices) in two class
 folders with OASIS subject names, then times ``brainsynth.data.ingest.ingest`` with one process and
-with ``--workers`` (0 = one per core). Not a test: numbers go to benchmarks/README.md.
+with ``--workers`` (0 = one per core). Not a test: the latest figures are in benchmarks/README.md.
 
     python benchmarks/bench_ingest.py --images 4000 --size 128
 """
@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from brainsynth.config import DataConfig
+from brainsynth.config import load, with_overrides
 from brainsynth.data.ingest import ingest
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def build_folder(root: Path, n_images: int, seed: int = 0) -> None:
@@ -48,7 +50,7 @@ def main() -> None:
         build_folder(root, args.images)
         print(f"built {args.images} JPEGs of 496x248 RGB in {time.perf_counter() - started:.1f}s; {os.cpu_count()} CPU cores")
         for label, workers in (("1 process", 1), (f"workers={args.workers or os.cpu_count()}", args.workers)):
-            cfg = DataConfig(source=str(root), image_size=args.size, workers=workers)
+            cfg = with_overrides(load(REPO / "params.yaml"), {"data.source": str(root), "data.image_size": args.size, "data.workers": workers}).data
             ingest(cfg)  # warm the page cache so both timings read from memory
             started = time.perf_counter()
             result = ingest(cfg)

@@ -1,25 +1,25 @@
-"""Where a CPU training step's time goes, against this machine's own roofline (issue #27).
+"""Where a CPU training step's time goes, against this machine's own roofline.
 
 1. Roofline: a plain fp32 ``a @ b`` (2048², best of 5) and a 64-channel 3×3 convolution at 32²
    (batch 32, forward + backward) — what the processor does on dense work, in GFLOP/s.
 2. The step: one full adversarial training step of the default ``params.yaml`` model at 64², batch
    32 (every term on: critic, gradient penalty, grade consistency, Fader), images/s, model FLOPs per
    image (``bench_engine.flops_per_image``) and the achieved GFLOP/s as a share of both roofline figures.
-3. By phase: ``torch.profiler`` over ``--steps`` steps with each ``Trainer`` phase wrapped in a
-   ``record_function`` label (encoder/decoder forward, grade swap, critic update with its gradient
-   penalty, Fader update, generator update with its backward, EMA), inclusive milliseconds per step.
+3. By phase: ``torch.profiler`` over ``--steps`` steps with the decoder pass, each part's update
+   (critic with its gradient penalty, Fader), the generator update with its backward and the EMA
+   wrapped in a ``record_function`` label, inclusive milliseconds per step.
 4. By op: self CPU time per op and input shape (convolutions by channel width, GroupNorm, upsampling,
    attention's matmuls, the optimiser's foreach kernels).
 5. By module (``--modules``): forward + backward of each building block at the shapes the step uses,
    alone, in NCHW and NHWC, with its GFLOP/s (FLOPs counted by torch's FlopCounterMode) against the
    roofline: convolutions by width, GroupNorm, CBAM, self-attention, upsampling, pooling, the frozen
-   consistency ensemble (before and after #27), the gradient penalty.
+   consistency ensemble (separate members with torchvision's blur, and side by side), the gradient penalty.
 
     python benchmarks/profile_cpu.py                    # 2 threads, the default model
     python benchmarks/profile_cpu.py --modules          # only the roofline and the per-module table
-    python benchmarks/profile_cpu.py --set loss.consistency_weight=0 --rows 40
+    python benchmarks/profile_cpu.py --set loss.consistency.weight=0 --rows 40
 
-Not a test: figures go to benchmarks/README.md ("Where the CPU step time goes").
+Not a test: the latest figures are in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ import torch
 import yaml
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from brainsynth.config import load
+from brainsynth.config import load, with_overrides
 from brainsynth.data.embedded import build_cohort
-from brainsynth.engine import Trainer
+from brainsynth.training.engine import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ("decode_batch", "critic_phase", "latent_phase", "generator_phase")
 
 
 def best_seconds(fn, repeats: int = 5) -> float:
@@ -67,14 +66,16 @@ def roofline() -> tuple[float, float]:
 
 
 def labelled(trainer: Trainer) -> None:
-    """Wrap each phase method of this trainer in a profiler label (the engine itself stays unlabelled)."""
-    for name in PHASES + ("update_ema",):
-        owner = trainer.model if name == "update_ema" else trainer
+    """Wrap the decoder pass, each part's update, the generator update and the EMA of this trainer in
+    a profiler label (the engine itself stays unlabelled)."""
+    targets = [(trainer, "decode_batch", "decode_batch"), (trainer, "generator_update", "generator_update"),
+               (trainer, "update_ema", "update_ema"), *((part, "update", f"{part.name}_update") for part in trainer.parts)]
+    for owner, name, label in targets:
         method = getattr(owner, name)
 
         @functools.wraps(method)
-        def wrapped(*args, _method=method, _name=name, **kwargs):
-            with record_function(f"phase::{_name}"):
+        def wrapped(*args, _method=method, _label=label, **kwargs):
+            with record_function(f"phase::{_label}"):
                 return _method(*args, **kwargs)
 
         setattr(owner, name, wrapped)
@@ -86,21 +87,25 @@ def module_table(sgemm: float, conv: float) -> None:
     from torch.utils.flop_counter import FlopCounterMode
     from torchvision.transforms.v2.functional import gaussian_blur as torchvision_blur
 
-    from brainsynth import losses, nets
+    from brainsynth.classifiers.ensemble import BlurredEnsemble
+    from brainsynth.classifiers.slice import SliceClassifier
     from brainsynth.config import ModelConfig
+    from brainsynth.model.blocks import CBAM, SelfAttention
+    from brainsynth.model.vaegan import Critic
+    from brainsynth.training import losses
 
     cfg = load(REPO / "params.yaml")
     model_cfg: ModelConfig = cfg.model
-    members = [nets.SliceClassifier(3, cfg.evaluate.classifier.width, "batch", cfg.evaluate.classifier.dropout).eval()
-               for _ in range(cfg.loss.consistency_members)]
+    members = [SliceClassifier(3, cfg.evaluate.classifier.width, cfg.evaluate.classifier.dropout).eval()
+               for _ in range(cfg.loss.consistency.members)]
     for member in members:
         member.requires_grad_(False)
 
-    class SeparateMembers(nn.Module):  # the ensemble as it was before #27: torchvision's blur, one call per member
+    class SeparateMembers(nn.Module):  # the ensemble without the CPU surgery: torchvision's blur, one call per member
         def forward(self, x):
             return torch.stack([m(torchvision_blur(x, [7, 7], [1.0, 1.0])) for m in members]).mean(dim=0)
 
-    critic = nets.Critic(model_cfg, 64, 3)
+    critic = Critic(model_cfg, 64, 3)
     labels = torch.randint(0, 3, (32,))
 
     class Penalty(nn.Module):  # the WGAN-GP term as the critic phase computes it (double backward)
@@ -111,12 +116,12 @@ def module_table(sgemm: float, conv: float) -> None:
         *[(f"conv 3×3 {c}→{c} at {s}², batch {b}", nn.Conv2d(c, c, 3, padding=1), (b, c, s, s)) for c, s, b in
           ((8, 64, 64), (16, 64, 80), (32, 32, 80), (64, 16, 80), (128, 8, 80))],
         ("GroupNorm + SiLU 16 ch at 64², batch 80", nn.Sequential(nn.GroupNorm(8, 16), nn.SiLU()), (80, 16, 64, 64)),
-        ("CBAM 32 ch at 32², batch 80", nets.CBAM(32, model_cfg.cbam_reduction), (80, 32, 32, 32)),
-        ("self-attention 64 ch at 16², batch 80", nets.SelfAttention(64), (80, 64, 16, 16)),
+        ("CBAM 32 ch at 32², batch 80", CBAM(32, model_cfg.cbam_reduction), (80, 32, 32, 32)),
+        ("self-attention 64 ch at 16², batch 80", SelfAttention(64), (80, 64, 16, 16)),
         ("bilinear 2× upsampling 16 ch 32²→64², batch 48", nn.Upsample(scale_factor=2.0, mode="bilinear"), (48, 16, 32, 32)),
         ("2×2 average pooling 16 ch at 64², batch 80", nn.AvgPool2d(2), (80, 16, 64, 64)),
-        ("consistency ensemble, before #27 (separate members, 7×7 blur conv), batch 64", SeparateMembers(), (64, 1, 64, 64)),
-        ("consistency ensemble, #27 (members side by side, matrix blur), batch 64", nets.BlurredEnsemble(members, 1.0), (64, 1, 64, 64)),
+        ("consistency ensemble, separate members, 7×7 blur conv, batch 64", SeparateMembers(), (64, 1, 64, 64)),
+        ("consistency ensemble, members side by side, matrix blur, batch 64", BlurredEnsemble(members, 1.0), (64, 1, 64, 64)),
         ("gradient penalty (critic, double backward), batch 32", Penalty(), (32, 1, 64, 64)),
     ]
     print("\nby module (forward + backward, input gradient included; best of 5):")
@@ -157,8 +162,8 @@ def main() -> None:
 
     overrides = {"data.image_size": args.size, "train.batch_size": args.batch, "train.device": "cpu", "train.hflip": False}
     overrides.update({key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)})
-    cfg = load(REPO / "params.yaml").with_overrides(overrides)
-    cohort = build_cohort(cfg.with_overrides({"data.embedded.n_subjects": 24}).data.embedded, args.size, seed=0)
+    cfg = with_overrides(load(REPO / "params.yaml"), overrides)
+    cohort = build_cohort(with_overrides(cfg, {"data.embedded.n_subjects": 24}).data.embedded, args.size, seed=0)
     sgemm, conv = roofline()
     print(f"CPU, {torch.get_num_threads()} threads; roofline: sgemm 2048² {sgemm:.0f} GFLOP/s, conv 64ch 3×3 32² fwd+bwd {conv:.0f} GFLOP/s")
     if args.modules:
@@ -167,7 +172,7 @@ def main() -> None:
 
     trainer = Trainer(cfg, cohort.images, cohort.labels, 3, torch.device("cpu"))
     # Past the warm-ups and ramps: the full step, every term on.
-    progress = max(1.0, cfg.loss.adv_start_epoch + cfg.loss.consistency_ramp_epochs, cfg.loss.kl_warmup_epochs)
+    progress = max(1.0, cfg.loss.adv_start_epoch + cfg.loss.consistency.ramp_epochs, cfg.loss.kl_warmup_epochs)
     batches = [trainer.batch(torch.arange(i * args.batch, (i + 1) * args.batch) % len(cohort.images)) for i in range(4)]
 
     def run(n: int) -> None:

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
-from pathlib import Path
-
-from brainsynth.config import load
+from brainsynth.config import load, with_overrides
 from brainsynth.data.embedded import build_cohort
-from brainsynth import nets
-from brainsynth.engine import Trainer
+from brainsynth.model import blocks
+from brainsynth.training.engine import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,13 +36,13 @@ def main() -> None:
     parser.add_argument("--table", help="write the profiler's kernel table to this file")
     args = parser.parse_args()
     if args.downsample == "mean":
-        nets.downsample2x = lambda x: x.unflatten(3, (x.shape[3] // 2, 2)).unflatten(2, (x.shape[2] // 2, 2)).mean(dim=(3, 5))
+        blocks.downsample2x = lambda x: x.unflatten(3, (x.shape[3] // 2, 2)).unflatten(2, (x.shape[2] // 2, 2)).mean(dim=(3, 5))
     overrides = {"data.image_size": args.size, "train.batch_size": args.batch, "train.compile": args.compile, "train.hflip": False}
     for item in args.set:
         key, value = item.split("=", 1)
         overrides[key] = yaml.safe_load(value)
-    cfg = load(REPO / "params.yaml").with_overrides(overrides)
-    cohort = build_cohort(cfg.with_overrides({"data.embedded.n_subjects": 8}).data.embedded, args.size, seed=0)
+    cfg = with_overrides(load(REPO / "params.yaml"), overrides)
+    cohort = build_cohort(with_overrides(cfg, {"data.embedded.n_subjects": 8}).data.embedded, args.size, seed=0)
     trainer = Trainer(cfg, cohort.images, cohort.labels, 3, torch.device("cuda"))
     progress = max(1.0, cfg.loss.adv_start_epoch, cfg.loss.kl_warmup_epochs)  # the full adversarial step
     batches = [trainer.batch(torch.arange(i * args.batch, (i + 1) * args.batch, device="cuda") % len(cohort.images)) for i in range(4)]

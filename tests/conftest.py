@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from helpers import repo_config
 
 from brainsynth.config import Config
-from helpers import repo_config
 
 torch.set_num_threads(2)
 

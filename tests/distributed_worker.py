@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from brainsynth import distributed, losses
-from brainsynth.engine import Trainer, model_for
 from helpers import repo_config
+
+from brainsynth import distributed
+from brainsynth.model.vaegan import VAEGAN
+from brainsynth.training import losses
+from brainsynth.training.engine import Trainer
 
 SIZE, BATCH, CLASSES = 16, 8, 3
 TINY = {"data.image_size": SIZE, "model.latent_dim": 8, "model.base_channels": 8, "model.max_channels": 16,
@@ -29,7 +31,7 @@ def gradients(world: distributed.World) -> dict:
     update through the frozen critic. Minibatch stddev is off: its groups are per rank by design."""
     cfg = repo_config({**TINY, "model.critic_mbstd_group": 0})
     torch.manual_seed(0)
-    model = model_for(cfg, SIZE, CLASSES)
+    model = VAEGAN(cfg.model, SIZE, CLASSES)
     critic = model.critic
     fixed = torch.Generator().manual_seed(1)
     real = torch.rand(BATCH, 1, SIZE, SIZE, generator=fixed) * 2 - 1

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from brainsynth.engine import Trainer
 from brainsynth.checkpoint import restore_training_state, save_model_file, save_training_state
+from brainsynth.config import with_overrides
 from brainsynth.inference import SynthModel
+from brainsynth.training.engine import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -17,7 +18,7 @@ CUDA = torch.device("cuda")
 
 def test_bf16_training_on_cuda_lowers_reconstruction_and_stays_finite(tiny_cfg, tiny_images):
     images, labels = tiny_images
-    trainer = Trainer(tiny_cfg.with_overrides({"train.hflip": False}), images, labels, 3, CUDA)
+    trainer = Trainer(with_overrides(tiny_cfg, {"train.hflip": False}), images, labels, 3, CUDA)
     assert trainer.autocast["enabled"] and trainer.images.is_cuda
     assert next(trainer.model.encoder.parameters()).is_cuda
     assert trainer.opt_g.defaults.get("fused")
@@ -53,7 +54,7 @@ def test_cuda_checkpoint_resumes_weights_optimisers_and_rng(tiny_cfg, tiny_image
 
 def test_compiled_encoder_decoder_train_on_cuda(tiny_cfg, tiny_images):
     images, labels = tiny_images
-    trainer = Trainer(tiny_cfg.with_overrides({"train.compile": True}), images, labels, 3, CUDA)
+    trainer = Trainer(with_overrides(tiny_cfg, {"train.compile": True}), images, labels, 3, CUDA)
     assert trainer.model.encoder._compiled_call_impl is not None  # compiled in place, same parameters and state-dict keys
     stats = trainer.train_epoch()
     assert all(np.isfinite(v) for v in stats.losses.values())

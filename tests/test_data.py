@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from helpers import data_config, repo_config
 from PIL import Image
 
-from helpers import data_config, repo_config
 from brainsynth.data.embedded import CLASS_NAMES, build_cohort
 from brainsynth.data.imaging import fit_square, to_gray
 from brainsynth.data.ingest import ingest

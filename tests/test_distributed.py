@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow
 
 TESTS = Path(__file__).resolve().parent
 
@@ -50,7 +53,7 @@ def test_two_ranks_hold_identical_weights_after_training(tmp_path):
 
 
 def test_a_worker_dies_with_its_launcher(tmp_path):
-    """#25 bug 3: SIGKILL of the torchrun agent left both ranks training, writing the model and moving
+    """SIGKILL of the torchrun agent left both ranks training, writing the model and moving
     the registry alias. A worker (``run_stage`` under torchrun) now gets SIGTERM when its parent dies."""
     import signal
     import time
@@ -78,7 +81,7 @@ def test_a_worker_dies_with_its_launcher(tmp_path):
 
 
 def test_two_nodes_rendezvous_on_loopback_train_like_one_process(tmp_path):
-    """#26: the multi-node path on one machine: two torchrun agents (--nnodes 2, one process each) meet
+    """the multi-node path on one machine: two torchrun agents (--nnodes 2, one process each) meet
     through a c10d rendezvous on 127.0.0.1 and their half batches give the single process's gradients."""
     import socket
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 # Modules that only talk to MLflow (logging, registry): editing them must not retrain.
 NOT_DEPENDENCIES = {"src/brainsynth/tracking.py", "src/brainsynth/serving.py", "src/brainsynth/registry.py"}
@@ -42,7 +44,7 @@ def test_stages_do_not_import_each_other():
 
 
 def test_the_evaluate_metrics_lead_dvc_exp_show():
-    """#15: DVC orders metric columns by the stages' order in dvc.yaml; evaluate's quality metrics come first."""
+    """DVC orders metric columns by the stages' order in dvc.yaml; evaluate's quality metrics come first."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     with_metrics = [name for name, stage in stages.items() if stage.get("metrics")]
     assert with_metrics[0] == "evaluate", with_metrics

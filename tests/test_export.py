@@ -5,19 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import repo_config
 from PIL import Image
-
-from pathlib import Path
 
 from brainsynth.checkpoint import save_model_file
 from brainsynth.export import main as generate_main
 from brainsynth.files import digest
 from brainsynth.inference import SynthModel
-from brainsynth.nets import Decoder, Encoder
-from helpers import repo_config
+from brainsynth.model.vaegan import Decoder, Encoder
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -94,7 +93,7 @@ def test_registered_pyfunc_generates_per_class(model_file, tmp_path, monkeypatch
     with pytest.raises(Exception, match="'n' = -1 is outside"):
         loaded.predict({"n": -1})
     assert "'class': name or index" in loaded.metadata.metadata["request"]  # the request, documented with the model
-    with pytest.raises(Exception, match=r"unknown request keys \['clas'\]"):  # #25: was silently class 0
+    with pytest.raises(Exception, match=r"unknown request keys \['clas'\]"):  # was silently class 0
         loaded.predict({"n": 1, "clas": 2})
     # the generate command takes the registry URI too
     assert generate_main(["--model", "models:/brainsynth-test/1", "--out", str(tmp_path / "from_registry"), "--n-per-class", "2"]) == 0
@@ -118,7 +117,7 @@ def test_model_file_of_the_previous_format_still_loads():
 
 
 def test_export_never_replaces_a_users_folder_by_accident(model_file, tmp_path, monkeypatch, capsys):
-    """#13 item 1: --out pointing at a folder with the user's files used to delete them, and
+    """--out pointing at a folder with the user's files used to delete them, and
     --out . left a staging folder of PNGs behind."""
     precious = tmp_path / "mydata"
     precious.mkdir()
@@ -134,12 +133,12 @@ def test_export_never_replaces_a_users_folder_by_accident(model_file, tmp_path, 
     export_dir = tmp_path / "export"
     assert generate_main(["--model", str(model_file), "--out", str(export_dir), "--n-per-class", "1"]) == 0
     assert generate_main(["--model", str(model_file), "--out", str(export_dir), "--n-per-class", "2"]) == 0
-    (export_dir / "my_labels.csv").write_text("added by the user")  # #25: a file the manifest does not list
+    (export_dir / "my_labels.csv").write_text("added by the user")  # a file the manifest does not list
     assert generate_main(["--model", str(model_file), "--out", str(export_dir), "--n-per-class", "2"]) == 1
     assert "also holds 'my_labels.csv' (not in its manifest)" in capsys.readouterr().err and (export_dir / "my_labels.csv").is_file()
     assert generate_main(["--model", str(model_file), "--out", str(precious), "--n-per-class", "1", "--force"]) == 0
     assert not (precious / "scan.nii.gz").exists()
-    # #25: a project folder is never replaced, --force or not
+    # a project folder is never replaced, --force or not
     project = tmp_path / "project"
     (project / ".git").mkdir(parents=True)
     (project / "train.py").write_text("work")

@@ -53,7 +53,7 @@ def test_a_failed_write_leaves_the_last_good_file(tmp_path):
 
 
 def test_atomic_dir_never_touches_a_folder_it_did_not_make(tmp_path):
-    """#25 bug 4: replacing X used to delete a sibling '.X.old' (and a symlinked X's backup lingered)."""
+    """replacing X used to delete a sibling '.X.old' (and a symlinked X's backup lingered)."""
     keep = tmp_path / ".out.old"
     keep.mkdir()
     (keep / "notes.txt").write_text("mine")

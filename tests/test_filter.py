@@ -1,4 +1,4 @@
-"""The filtered export (#23): K× draws per class, the held-out ensemble keeps those it reads as their
+"""The filtered export: K× draws per class, the held-out ensemble keeps those it reads as their
 class most confidently — checked on toy generators whose answers are known: one that draws the wrong
 class half the time (the filter must find the right half), a class-swapping one (the filter cannot
 put back a class the generator never draws) and a faithful one (the filter must not hurt)."""
@@ -10,12 +10,12 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from brainsynth import filtering
-from brainsynth.config import ConfigError
-from brainsynth.downstream import utility
-from brainsynth.export import main as generate_main
 from helpers import repo_config
+
+from brainsynth.classifiers import filtering
+from brainsynth.config import ConfigError, with_overrides
+from brainsynth.evaluation.downstream import utility
+from brainsynth.export import main as generate_main
 
 CPU = torch.device("cpu")
 
@@ -106,10 +106,11 @@ CLASSES = ["healthy", "mild"]
 @pytest.fixture(scope="module")
 def export_inputs(tmp_path_factory):
     """A tiny untrained two-class model file, a prepared dataset of blobs and a params file with a small ensemble."""
+    from helpers import write_params
+
     from brainsynth.checkpoint import save_model_file
     from brainsynth.data import prepared
-    from brainsynth.nets import Decoder, Encoder
-    from helpers import write_params
+    from brainsynth.model.vaegan import Decoder, Encoder
 
     root = tmp_path_factory.mktemp("filtered_export")
     cfg = repo_config({"data.image_size": 16, "model.latent_dim": 4, "model.base_channels": 4, "model.max_channels": 8,
@@ -144,7 +145,7 @@ def test_filtered_export_writes_the_kept_slices_with_their_scores(export_inputs,
     draw = SynthModel.load(root / "model.pt").sample(np.ones(12, int), mild[0]["seed"])
     for entry in mild:  # each kept slice is the draw the manifest says it is
         assert np.array_equal(np.asarray(Image.open(out / entry["path"])), draw[entry["draw_index"]])
-    cfg = repo_config().with_overrides({"evaluate.filter.members": 2, "evaluate.filter.epochs": 2, "evaluate.classifier.min_steps": 20})
+    cfg = with_overrides(repo_config(), {"evaluate.filter.members": 2, "evaluate.filter.epochs": 2, "evaluate.classifier.min_steps": 20})
     ensemble, _ = filtering.ensemble_from_prepared(root / "prepared", 2, 2, 3, CPU, cfg.evaluate.classifier)  # the export's, retrained
     all_scores = ensemble.scores(draw, np.ones(12, int))
     assert np.allclose(sorted(scores), sorted(all_scores)[-6:], atol=1e-5)  # the kept six are the six best-scored draws
@@ -213,9 +214,10 @@ def test_the_generate_stage_writes_the_filtered_export(export_inputs, tmp_path, 
     filter and the ensemble trained on data/prepared's training split."""
     import shutil
 
+    from helpers import write_params
+
     from brainsynth.pipeline import generate
     from brainsynth.pipeline.stage import run_stage
-    from helpers import write_params
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

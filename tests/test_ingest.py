@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import data_config, repo_config
 from PIL import Image
 
-from helpers import data_config, repo_config
 from brainsynth.data.errors import DataError
 from brainsynth.data.ingest import check_bad_fraction, ingest
 
@@ -190,7 +190,7 @@ def test_nifti_slice_axis_and_thinning(tmp_path):
 
 
 def write_dicom(path, pixels: np.ndarray, z: float, patient: str, slope: float = 1.0, intercept: float = 0.0, pixel_data: bool = True):
-    from pydicom.dataset import FileMetaDataset, Dataset
+    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
     meta = FileMetaDataset()
@@ -282,7 +282,7 @@ def test_prepare_refuses_a_split_that_shares_a_person():
         check_subjects_isolated(subjects, np.array(["train", "test", "val", "test"]))
 
 
-# --- data.subject_pattern: auto (#26) -------------------------------------------------------------
+# --- data.subject_pattern: auto -------------------------------------------------------------
 
 
 def _write_pngs(root, names):

@@ -1,4 +1,4 @@
-"""#23: the independent judge shares nothing with the classifiers that training, tuning or filtering
+"""the independent judge shares nothing with the classifiers that training, tuning or filtering
 use, so a generator that fools those cannot raise its score."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from brainsynth import judge
-from brainsynth.config import ConfigError, validate
-from brainsynth.downstream import accuracy, train_classifier
 from helpers import merged, repo_config, repo_params
+
+from brainsynth.classifiers import judge
+from brainsynth.classifiers.slice import accuracy, train_classifier
+from brainsynth.config import ConfigError, validate
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = repo_config().evaluate.judge
@@ -39,10 +39,11 @@ def phantoms(labels: np.ndarray, rng: np.random.Generator, size: int = 32, textu
 def test_the_judge_shares_no_code_with_the_in_loop_classifiers():
     """It loads only the anatomy masks of brainsynth.metrics (which CSF morphometry also uses), and no
     module of the CNN classifiers, the losses, the engine, tuning's objective or the export."""
-    code = "import json, sys, brainsynth.judge; print(json.dumps(sorted(n for n in sys.modules if n.startswith('brainsynth'))))"
+    code = "import json, sys, brainsynth.classifiers.judge; print(json.dumps(sorted(n for n in sys.modules if n.startswith('brainsynth'))))"
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout)
-    assert set(loaded) == {"brainsynth", "brainsynth.judge", "brainsynth.metrics"}
-    source = (REPO / "src/brainsynth/judge.py").read_text()
+    assert set(loaded) == {"brainsynth", "brainsynth.classifiers", "brainsynth.classifiers.judge", "brainsynth.metrics"}
+    assert (REPO / "src/brainsynth/classifiers/__init__.py").read_text().strip() == ""  # the package loads nothing
+    source = (REPO / "src/brainsynth/classifiers/judge.py").read_text()
     assert "torch" not in source.replace("no torch", "")
 
 

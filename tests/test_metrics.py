@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from helpers import repo_config
 from scipy import ndimage
 
 from brainsynth import metrics
-from helpers import repo_config
 from brainsynth.data.embedded import build_cohort
 
 
@@ -106,7 +106,7 @@ def test_fid_is_skipped_without_local_weights(monkeypatch, tmp_path):
 def test_tstr_classifier_learns_a_class_signal():
     import torch
 
-    from brainsynth.downstream import accuracy, train_classifier
+    from brainsynth.classifiers.slice import accuracy, train_classifier
 
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 300)
@@ -124,7 +124,7 @@ def test_tstr_classifier_learns_a_class_signal():
 
 
 def test_figure_rows_spread_over_classes_and_subjects():
-    """#15: the real row of a figure shows the data's range, not ten consecutive slices of one subject."""
+    """the real row of a figure shows the data's range, not ten consecutive slices of one subject."""
     from brainsynth.viz import spread_indices
 
     labels = np.repeat([0, 1, 2], 20)

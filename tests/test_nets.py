@@ -3,11 +3,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import repo_config
 from torch import nn
 
-from brainsynth import losses
-from helpers import repo_config
-from brainsynth.nets import latent_size, CBAM, ChannelAttention, Critic, Decoder, Encoder, MinibatchStd, ResBlock, SelfAttention, SliceClassifier, SpatialAttention
+from brainsynth.classifiers.slice import SliceClassifier
+from brainsynth.model.blocks import CBAM, ChannelAttention, MinibatchStd, ResBlock, SelfAttention, SpatialAttention
+from brainsynth.model.vaegan import Critic, Decoder, Encoder, latent_size
+from brainsynth.training import losses
 
 
 @pytest.mark.parametrize("block", [ChannelAttention(16, 4), SpatialAttention(), CBAM(16, 4), SelfAttention(16)])
@@ -56,19 +58,6 @@ def test_encoder_decoder_critic_shapes_and_gradients(size, n_classes):
         assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-def test_slice_classifier_judges_each_image_on_its_own():
-    """The auxiliary classifier also judges batches of generated images: an image's logits must not
-    depend on what else is in the batch (no BatchNorm), and gradients must reach the input."""
-    classifier = SliceClassifier(3, width=4, norm="group")
-    x = (torch.rand(6, 1, 32, 32) * 2 - 1).requires_grad_(True)
-    logits = classifier(x)
-    assert logits.shape == (6, 3)
-    assert torch.allclose(classifier(x[:1]), logits[:1], atol=1e-5)  # alone
-    assert torch.allclose(classifier(torch.cat([x[:1], -x[1:]]))[:1], logits[:1], atol=1e-5)  # other companions
-    logits[:, 0].sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
-
-
 def test_critic_is_a_raw_wasserstein_score():
     cfg = model_config(latent_dim=8, base_channels=8, max_channels=32)
     critic = Critic(cfg, 32, 0)
@@ -87,12 +76,6 @@ def test_gradient_penalty_finite_and_positive():
     assert torch.isfinite(gp) and gp > 0
     gp.backward()  # double backward through attention works
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in critic.parameters())
-
-
-def test_hinge_critic_uses_spectral_norm():
-    cfg = model_config(latent_dim=8, base_channels=8, max_channels=32)
-    critic = Critic(cfg, 32, 0, spectral=True)
-    assert any("parametrizations" in name for name, _ in critic.named_parameters())
 
 
 def test_kl_is_zero_for_the_prior_and_positive_otherwise():
@@ -129,47 +112,12 @@ def test_one_critic_call_judges_several_sets_like_separate_calls():
         critic(diverse, labels[:6], set_sizes=(4, 1))
 
 
-def test_class_norm_conditions_every_decoder_scale_and_starts_as_plain_groupnorm():
-    from brainsynth.nets import ClassConditionalNorm
-
-    cfg = model_config(latent_dim=8, base_channels=8, max_channels=32, cbam_res=[], self_attention_res=[], class_norm=True)
-    dec = Decoder(cfg, 32, 3)
-    norms = [m for m in dec.modules() if isinstance(m, ClassConditionalNorm)]
-    assert len(norms) == 2 * 3  # two per residual block, 4 → 8 → 16 → 32
-    plain = nn.GroupNorm(8, 16, affine=False)
-    x, e = torch.randn(2, 16, 4, 4), torch.randn(2, 32)
-    assert torch.allclose(ClassConditionalNorm(16, 32)(x, e), plain(x), atol=1e-6)  # gain 1, bias 0 at init
-    # Once the norms are trained, the class changes the image through them alone (z and the input
-    # embedding held fixed): the label reaches every scale.
-    for norm in norms:
-        nn.init.normal_(norm.bias.weight, std=0.5)
-    z = torch.randn(1, 8)
-    with torch.no_grad():
-        inputs = dec.fc(torch.cat([z, dec.embed(torch.tensor([0]))], 1))
-        dec.fc = nn.Identity()
-        outs = []
-        for label in range(3):
-            h = inputs.view(1, dec.first_channels, 4, 4)
-            embedding = dec.embed(torch.tensor([label]))
-            for block in dec.blocks:
-                h = block(h, embedding)
-            outs.append(h)
-    assert (outs[0] - outs[1]).abs().max() > 1e-3 and (outs[1] - outs[2]).abs().max() > 1e-3
-
-
-def test_old_model_files_load_without_class_norm(tmp_path):
-    from brainsynth.checkpoint import load_model_file
-
-    stored = load_model_file(Path(__file__).parent / "data" / "model_v1.pt")
-    assert stored.model.class_norm is False
-
-
 def test_spatial_latent_model_file_round_trip_and_old_files(tmp_path, tiny_cfg):
     """A model with a spatial latent samples from z ~ N(0, I) of its full size after a round trip
-    through the model file; files written before the option load as vector-latent models."""
-    from brainsynth.checkpoint import load_model_file, save_model_file
+    through the model file."""
+    from brainsynth.checkpoint import save_model_file
     from brainsynth.inference import SynthModel
-    from brainsynth.nets import Decoder, Encoder
+    from brainsynth.model.vaegan import Decoder, Encoder
 
     cfg = tiny_cfg.model.model_copy(update={"spatial_latent_channels": 1, "spatial_latent_factor": 2})
     encoder, decoder = Encoder(cfg, 32, 3), Decoder(cfg, 32, 3)
@@ -179,7 +127,6 @@ def test_spatial_latent_model_file_round_trip_and_old_files(tmp_path, tiny_cfg):
     save_model_file(tmp_path / "m.pt", cfg, 32, 3, ["a", "b", "c"], encoder, decoder)
     model = SynthModel.load(tmp_path / "m.pt")
     assert model.vae.latent_dim == cfg.latent_dim + 256 and model.sample([0, 1, 2], seed=3).shape == (3, 32, 32)
-    assert load_model_file(Path(__file__).parent / "data" / "model_v1.pt").model.spatial_latent_channels == 0
 
 
 @pytest.mark.parametrize("size, sigma", [(64, 1.0), (16, 1.0), (32, 2.0), (8, 0.5)])
@@ -188,7 +135,7 @@ def test_matrix_blur_is_torchvisions_gaussian_blur(size, sigma):
     reflect-padded Gaussian blur with its 2⌈3σ⌉+1 taps, to float rounding, and blurs nothing at σ 0."""
     from torchvision.transforms.v2.functional import gaussian_blur as reference
 
-    from brainsynth.nets import gaussian_blur
+    from brainsynth.classifiers.ensemble import gaussian_blur
 
     x = torch.rand(3, 1, size, size) * 2 - 1
     taps = 2 * math.ceil(3 * sigma) + 1
@@ -202,10 +149,10 @@ def test_frozen_ensemble_runs_as_one_network_with_the_members_mean_logits():
     """BlurredEnsemble folds BatchNorm and stacks its members side by side (grouped convolutions,
     one call): its logits are the mean of the members' on the blurred images, for one member too,
     and its input gradient flows while its weights stay frozen."""
-    from brainsynth.nets import BlurredEnsemble, SliceClassifier, gaussian_blur
+    from brainsynth.classifiers.ensemble import BlurredEnsemble, gaussian_blur
 
     torch.manual_seed(0)
-    members = [SliceClassifier(3, width=4, norm="batch", dropout=0.3) for _ in range(3)]
+    members = [SliceClassifier(3, width=4, dropout=0.3) for _ in range(3)]
     for member in members:  # non-trivial running statistics
         member.train()
         for _ in range(3):
@@ -234,12 +181,18 @@ def test_focal_frequency_loss_weighs_the_worst_rendered_frequencies():
     assert losses.focal_frequency(detail_miss, target) > losses.focal_frequency(smooth_miss, target)
 
 
-def test_adaptive_adversarial_weight_matches_the_gradient_sizes():
-    """VQGAN's weight is |grad rec| / |grad adv| at the last layer: an adversarial loss whose gradient
-    there is 3× the reconstruction's gets 1/3; it is detached."""
-    layer = torch.randn(4, 3, requires_grad=True)
-    features = torch.randn(5, 4)
-    rec = (features @ layer).square().mean()
-    adv = 3.0 * rec
-    scale = losses.adaptive_weight(rec, adv, layer)
-    assert scale.item() == pytest.approx(1 / 3, rel=1e-3) and not scale.requires_grad
+def test_model_files_of_earlier_versions_load_or_say_why_not(tmp_path):
+    """A model file written before options were removed loads when it used them at their inert
+    values (the v1 fixture: no class-conditional norm, the standard prior); one written with such an
+    option on fails with one line naming the option and the file's version."""
+    from brainsynth.checkpoint import load_model_file, load_safe, save_atomic
+    from brainsynth.errors import CheckpointError
+
+    fixture = Path(__file__).parent / "data" / "model_v1.pt"
+    stored = load_model_file(fixture)
+    assert stored.model.spatial_latent_channels == 0 and stored.model.latent_dim == 4 and stored.n_classes == 2
+    payload = load_safe(fixture)
+    payload["config"]["model"]["class_norm"] = True
+    save_atomic(payload, tmp_path / "class_norm.pt")
+    with pytest.raises(CheckpointError, match=r"model.class_norm = True.*brainsynth-model-v1"):
+        load_model_file(tmp_path / "class_norm.pt")

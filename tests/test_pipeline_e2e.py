@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from helpers import TINY_PIPELINE, changed_params, copy_repo, pipeline_env, run_in
+
+from brainsynth.config import with_overrides
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -93,7 +96,7 @@ def test_four_finished_stage_runs_with_lineage(pipeline):
 
 
 def test_a_dvc_remote_carries_the_results_to_another_clone_that_reproduces_without_retraining(pipeline, tmp_path):
-    """#26: the lab's data path: one clone pushes to a DVC remote (a local folder here, S3/SSH/NFS in a
+    """the lab's data path: one clone pushes to a DVC remote (a local folder here, S3/SSH/NFS in a
     lab), another clone pulls and is up to date: `dvc repro` there runs no stage."""
     work, _ = pipeline
     remote = tmp_path / "dvc-remote"
@@ -114,7 +117,7 @@ def test_a_dvc_remote_carries_the_results_to_another_clone_that_reproduces_witho
 
 
 def test_runs_describe_themselves_and_group_by_pipeline(pipeline):
-    """#15: each run's description says what it is and links its upstream run; evaluate's carries
+    """each run's description says what it is and links its upstream run; evaluate's carries
     the results headline; one pipeline execution shares one pipeline_run tag; the registered
     version describes itself, is the candidate, and (the first one) the champion."""
     from mlflow.tracking import MlflowClient
@@ -147,7 +150,7 @@ def test_runs_describe_themselves_and_group_by_pipeline(pipeline):
 
 
 def test_the_run_s_model_exports_from_another_folder_with_real_voxel_spacing(pipeline, tmp_path):
-    """#15: `brainsynth-generate --model runs:/<train run>/generator` outside the repo (the store named
+    """`brainsynth-generate --model runs:/<train run>/generator` outside the repo (the store named
     by MLFLOW_TRACKING_URI); the NIfTI stacks carry the cohort's pixel size in mm, the manifest
     lists them with the model's sha256."""
     import hashlib
@@ -228,7 +231,7 @@ def test_second_repro_is_a_noop_and_params_touch_only_their_stage(pipeline):
 
 
 def test_an_evaluate_knob_that_does_not_touch_utility_reuses_its_classifiers(pipeline):
-    """#15: evaluate.n_pairs reruns evaluate, but the downstream classifiers (most of its time) come
+    """evaluate.n_pairs reruns evaluate, but the downstream classifiers (most of its time) come
     from the cache keyed by model, data and utility settings, with the same results."""
     work, _ = pipeline
     before = json.loads((work / "metrics" / "evaluate.json").read_text())["utility"]
@@ -277,7 +280,7 @@ def test_invalid_params_fail_fast_with_the_key(pipeline):
 def _kill_training_in_second_epoch(monkeypatch):
     """Make the next training raise KeyboardInterrupt (what Ctrl-C and SIGTERM become) in its second
     epoch; returns the original ``Trainer.train_epoch`` to restore."""
-    from brainsynth.engine import Trainer
+    from brainsynth.training.engine import Trainer
 
     original = Trainer.train_epoch
     finished = []
@@ -297,9 +300,9 @@ def test_killed_training_resumes_in_the_same_mlflow_run(pipeline, monkeypatch):
     monkeypatch.chdir(work)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(work))
-    from brainsynth.engine import Trainer
     from brainsynth.pipeline import train
     from brainsynth.pipeline.stage import run_stage
+    from brainsynth.training.engine import Trainer
 
     original = _kill_training_in_second_epoch(monkeypatch)
     with pytest.raises(SystemExit) as exit_info:
@@ -326,16 +329,16 @@ def test_killed_training_resumes_in_the_same_mlflow_run(pipeline, monkeypatch):
 
 
 def test_a_killed_run_whose_checkpoint_is_discarded_is_closed_as_killed(pipeline, monkeypatch):
-    """#13 item 7: SIGKILL leaves the MLflow run RUNNING; when the next training discards that
+    """SIGKILL leaves the MLflow run RUNNING; when the next training discards that
     checkpoint (the config changed), the orphan is marked KILLED rather than RUNNING forever."""
     work, _ = pipeline
     monkeypatch.chdir(work)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(work))
     from brainsynth.config import load
-    from brainsynth.engine import Trainer
     from brainsynth.pipeline import train
     from brainsynth.pipeline.stage import run_stage
+    from brainsynth.training.engine import Trainer
 
     original = _kill_training_in_second_epoch(monkeypatch)
     with pytest.raises(SystemExit):
@@ -345,14 +348,14 @@ def test_a_killed_run_whose_checkpoint_is_discarded_is_closed_as_killed(pipeline
     client.update_run(orphan.info.run_id, status="RUNNING")  # what a SIGKILL leaves behind
 
     monkeypatch.setattr(Trainer, "train_epoch", original)
-    cfg = load(work / "params.yaml").with_overrides({"train.n_sample_images": 4})  # another config: the checkpoint is discarded
+    cfg = with_overrides(load(work / "params.yaml"), {"train.n_sample_images": 4})  # another config: the checkpoint is discarded
     run_stage("train", train.run, cfg)
     assert client.get_run(orphan.info.run_id).info.status == "KILLED"
     run_stage("train", train.run)  # back to the committed params (later tests use its outputs)
 
 
 def test_train_refuses_tuned_values_found_for_other_params(pipeline, monkeypatch, capsys):
-    """#13 item 8: a direct `python stages/train.py` after params.yaml changed must not lay stale
+    """a direct `python stages/train.py` after params.yaml changed must not lay stale
     tuned values over it."""
     work, _ = pipeline
     monkeypatch.chdir(work)
@@ -367,7 +370,7 @@ def test_train_refuses_tuned_values_found_for_other_params(pipeline, monkeypatch
     try:
         best.write_text("optim: {lr: 0.0004}\n")  # a tuned value, found for the committed params
         train.check_tuned_for(load(work / "params.yaml"))  # same params: accepted
-        changed = load(work / "params.yaml").with_overrides({"loss.drift_weight": 0.002})
+        changed = with_overrides(load(work / "params.yaml"), {"loss.drift_weight": 0.002})
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_info:
             run_stage("train", train.run, changed)
@@ -440,7 +443,7 @@ def test_the_kept_model_is_the_one_model_file(pipeline, monkeypatch, keep):
         return {"val_swd": 1.0, "val_recon_mae": 1.0, "val_objective": next(objectives)}
 
     monkeypatch.setattr(train, "validation_metrics", scripted_validation)
-    cfg = load(work / "params.yaml").with_overrides({"train.keep": keep, "train.sample_every": 1})
+    cfg = with_overrides(load(work / "params.yaml"), {"train.keep": keep, "train.sample_every": 1})
     run_stage("train", train.run, cfg)
     kept = 1 if keep == "best" else 2
     stored = load_model_file(work / "models" / "train" / "model.pt")
@@ -455,7 +458,7 @@ def _train_runs(work: Path) -> list:
 
 
 def test_two_process_training_writes_one_run_and_resumes_after_a_kill(pipeline):
-    """#14: train.nproc_per_node = 2 under `dvc repro` (gloo on CPU): one MLflow run with per-epoch
+    """train.nproc_per_node = 2 under `dvc repro` (gloo on CPU): one MLflow run with per-epoch
     metrics and a loadable model; SIGKILL of the whole job mid-training, then every rank resumes
     from the same checkpoint in the same MLflow run."""
     import signal
@@ -506,14 +509,14 @@ def test_two_process_training_writes_one_run_and_resumes_after_a_kill(pipeline):
 
 
 def test_a_run_stopped_after_its_last_epoch_only_saves_and_registers_on_resume(pipeline, monkeypatch):
-    """#25: a resume checkpoint at the final epoch used to start training over from scratch."""
+    """a resume checkpoint at the final epoch used to start training over from scratch."""
     work, _ = pipeline
     monkeypatch.chdir(work)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(work))
-    from brainsynth.engine import Trainer
     from brainsynth.pipeline import train
     from brainsynth.pipeline.stage import run_stage
+    from brainsynth.training.engine import Trainer
 
     original_register = train.register
 

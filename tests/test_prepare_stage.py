@@ -8,13 +8,13 @@ import json
 import mlflow
 import numpy as np
 import pytest
+from helpers import write_params
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from brainsynth.data import prepared as prepared_module
 from brainsynth.pipeline import prepare
 from brainsynth.pipeline.stage import run_stage
-from helpers import write_params
 
 
 def make_folder(root, n_subjects=4, broken=0):

@@ -10,17 +10,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import socket
+import subprocess
 import tempfile
-import urllib.request
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import BIN, TINY_PIPELINE, copy_repo, merged, pipeline_env
 
 from brainsynth.cluster import free_port, mlflow_server, postgres_bin, postgres_cluster
-from helpers import BIN, TINY_PIPELINE, copy_repo, merged, pipeline_env
 
 # the tiny pipeline, with a tuning study that outlasts a killed worker by several heartbeats
 TINY = merged(TINY_PIPELINE, {
@@ -32,7 +32,7 @@ TINY = merged(TINY_PIPELINE, {
 
 
 PG_BIN = postgres_bin()
-pytestmark = pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL server programs (initdb, pg_ctl) are not installed")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL server programs (initdb, pg_ctl) are not installed")]
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_pipeline_on_postgresql_and_a_tracking_server_survives_a_killed_worker(p
 
 
 def test_make_cluster_demo_once_runs_the_lab_setup_and_leaves_nothing_behind(tmp_path):
-    """#26: `make cluster-demo ONCE=1` in a fresh copy: PostgreSQL + mlflow server up, the pipeline with two
+    """`make cluster-demo ONCE=1` in a fresh copy: PostgreSQL + mlflow server up, the pipeline with two
     tuning workers and two training processes logged to the server (nothing in the local mlflow.db),
     both servers stopped afterwards; a port in use is a one-line error."""
     import re

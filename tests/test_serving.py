@@ -1,4 +1,4 @@
-"""The served model refuses bad requests by name and cannot be asked for unbounded memory (#13 item 2)."""
+"""The served model refuses bad requests by name and cannot be asked for unbounded memory."""
 
 import numpy as np
 import pandas as pd
@@ -52,14 +52,14 @@ def test_the_cap_is_configurable(monkeypatch):
         parse_request({"n": 51})
     monkeypatch.delenv("BRAINSYNTH_MAX_IMAGES")
     assert parse_request({"n": DEFAULT_MAX_IMAGES})["n"] == DEFAULT_MAX_IMAGES
-    for bad in ("ten", "-5", "0", "2.5"):  # #25: these used to become 10 000 silently
+    for bad in ("ten", "-5", "0", "2.5"):  # these used to become 10 000 silently
         monkeypatch.setenv("BRAINSYNTH_MAX_IMAGES", bad)
         with pytest.raises(ValueError, match=f"BRAINSYNTH_MAX_IMAGES='{bad}' must be a positive whole number"):
             parse_request({"n": 1})
 
 
 def test_the_rest_server_refuses_bad_requests_by_name(tmp_path, monkeypatch):
-    """#25 bug 1, over REST on a real `mlflow models serve`: a misspelt key, a list, a string, a
+    """Over REST on a real `mlflow models serve`: a misspelt key, a list, a string, a
     fractional n and an empty request are 400s whose message names the field; a good one gives images."""
     import json
     import os
@@ -70,12 +70,12 @@ def test_the_rest_server_refuses_bad_requests_by_name(tmp_path, monkeypatch):
     import urllib.request
 
     import mlflow
+    from helpers import repo_config
 
     from brainsynth.checkpoint import save_model_file
     from brainsynth.cluster import free_port
-    from brainsynth.nets import Decoder, Encoder
+    from brainsynth.model.vaegan import Decoder, Encoder
     from brainsynth.serving import log_generator
-    from helpers import repo_config
 
     cfg = repo_config({"data.image_size": 16, "model.latent_dim": 4, "model.base_channels": 4, "model.max_channels": 8,
                        "model.cbam_res": [], "model.self_attention_res": []})

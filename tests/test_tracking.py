@@ -9,11 +9,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from helpers import REPO, repo_config
 from mlflow.tracking import MlflowClient
 
 from brainsynth import tracking
-from brainsynth.headline import flattened, grouped, headline
-from helpers import REPO, repo_config
+from brainsynth.evaluation.headline import flattened, grouped, headline
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_headline_is_a_few_lines_with_directions_and_references():
 
 
 def test_grouped_metrics_lead_with_the_headline_numbers():
-    """#15: `dvc exp show` shows the keys in file order: each group opens with its headline number
+    """`dvc exp show` shows the keys in file order: each group opens with its headline number
     and reference (swd before its per-scale and per-class values)."""
     metrics = flattened(json.loads((REPO / "metrics" / "evaluate.json").read_text()))
     groups = grouped(metrics)
@@ -120,7 +120,7 @@ def test_champion_moves_only_when_beaten_on_the_same_data(store):
 
 
 def test_logging_the_dataset_warns_of_nothing(store, tmp_path, monkeypatch):
-    """#25: every run printed MLflow's "dataset source can be interpreted in multiple ways" warning."""
+    """every run printed MLflow's "dataset source can be interpreted in multiple ways" warning."""
     import warnings
 
     import numpy as np
@@ -137,7 +137,7 @@ def test_logging_the_dataset_warns_of_nothing(store, tmp_path, monkeypatch):
 
 
 def test_an_unexpected_error_is_one_line_on_the_terminal_and_a_traceback_in_the_log(store, tmp_path, capsys):
-    """#25: the promised one-line error used to follow 40–70 lines of traceback on the terminal."""
+    """the promised one-line error used to follow 40–70 lines of traceback on the terminal."""
     from brainsynth.pipeline.stage import run_stage
 
     def body(cfg, log):
@@ -153,7 +153,7 @@ def test_an_unexpected_error_is_one_line_on_the_terminal_and_a_traceback_in_the_
 
 
 def test_a_second_run_of_a_stage_in_the_same_folder_stops_at_once(store, capsys):
-    """#25: `python stages/prepare.py` while `dvc repro` ran prepare let both write the same outputs."""
+    """`python stages/prepare.py` while `dvc repro` ran prepare let both write the same outputs."""
     from brainsynth.pipeline.stage import run_stage, stage_lock
 
     ran = []
@@ -168,7 +168,7 @@ def test_a_second_run_of_a_stage_in_the_same_folder_stops_at_once(store, capsys)
 
 
 def test_a_damaged_mlflow_db_is_named_with_what_to_do(tmp_path, monkeypatch, capsys):
-    """#25: a damaged mlflow.db gave a SQLAlchemy traceback."""
+    """a damaged mlflow.db gave a SQLAlchemy traceback."""
     from brainsynth.pipeline.stage import run_stage
 
     monkeypatch.chdir(tmp_path)

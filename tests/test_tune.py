@@ -9,15 +9,16 @@ import mlflow
 import optuna
 import pytest
 import yaml
+from helpers import repo_config
+from helpers import write_params as write_repo_params
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from brainsynth.config import load
-from brainsynth.engine import DivergenceError, Trainer
-from brainsynth import search_space
 from brainsynth.pipeline import prepare, tune
 from brainsynth.pipeline.stage import run_stage
-from helpers import repo_config, write_params as write_repo_params
+from brainsynth.training.engine import DivergenceError, Trainer
+from brainsynth.tuning import search_space
 
 TINY = {
     "mlflow": {"experiment": "tune-test"},
@@ -99,7 +100,7 @@ def test_killed_study_resumes_to_n_trials_in_the_same_mlflow_run(workdir, monkey
     # a finished study with unchanged settings runs nothing; a changed search space starts a new study
     run_stage("tune", tune.run)
     assert tune_runs(workdir)[0][0].data.metrics["trials_this_run"] == 0
-    # #25 bug 2: raising tune.n_trials continues the finished study in a new run; the earlier run keeps its choice
+    # raising tune.n_trials continues the finished study in a new run; the earlier run keeps its choice
     first_run = parents[0]
     write_params(workdir / "params.yaml", {"n_trials": 4})
     run_stage("tune", tune.run)
@@ -180,20 +181,15 @@ def test_tuned_values_replace_params_yaml_only_by_a_clear_margin():
     assert chosen_trial(no_baseline, baseline, 0.1).number == 0
 
 
-def test_trial_schedule_is_the_final_schedule_scaled_to_the_trial_budget():
-    """With tune.scale_schedule a trial goes through the final run's phases in its own budget: the
-    KL warm-up and the adversarial start are scaled by tune.epochs / train.epochs."""
+def test_a_trial_trains_its_budget_with_the_final_schedule():
+    """A trial trains tune.epochs epochs with the suggested values; the KL warm-up and the critic's
+    start keep their values in epochs (scaling them to the budget ranked final scores worse)."""
     from helpers import repo_config
 
-    cfg = repo_config({"train.epochs": 15, "tune.epochs": 3, "tune.scale_schedule": True, "loss.kl_warmup_epochs": 5,
-                       "loss.adv_start_epoch": 3})
+    cfg = repo_config({"train.epochs": 15, "tune.epochs": 3, "loss.kl_warmup_epochs": 5, "loss.adv_start_epoch": 3})
     trial = search_space.trial_config(cfg, {"optim.lr": 3e-4})
     assert trial.train.epochs == 3 and trial.optim.lr == 3e-4
-    assert trial.loss.kl_warmup_epochs == pytest.approx(1.0) and trial.loss.adv_start_epoch == pytest.approx(0.6)
-    # the same share of the budget: full KL weight at a third, the critic from a fifth, as in the final run
-    assert trial.loss.kl_warmup_epochs / trial.train.epochs == pytest.approx(cfg.loss.kl_warmup_epochs / cfg.train.epochs)
-    unscaled = search_space.trial_config(cfg.with_overrides({"tune.scale_schedule": False}), {})
-    assert unscaled.train.epochs == 3 and unscaled.loss.kl_warmup_epochs == 5 and unscaled.loss.adv_start_epoch == 3
+    assert trial.loss.kl_warmup_epochs == 5 and trial.loss.adv_start_epoch == 3
 
 
 def test_categorical_choices_round_trip():
@@ -207,7 +203,7 @@ def test_categorical_choices_round_trip():
 
 
 def test_a_postgresql_host_that_never_answers_fails_within_the_connect_timeout(monkeypatch):
-    """#25: a server that accepts the connection and then says nothing used to hang tune for minutes."""
+    """a server that accepts the connection and then says nothing used to hang tune for minutes."""
     import socket
     import threading
     import time
@@ -230,7 +226,7 @@ def test_a_postgresql_host_that_never_answers_fails_within_the_connect_timeout(m
 
 
 def test_an_rdb_storage_opens_without_optuna_deprecation_warnings(tmp_path):
-    """#25: every RDB run printed Optuna's deprecation of failed_trial_callback."""
+    """every RDB run printed Optuna's deprecation of failed_trial_callback."""
     import warnings
 
     from brainsynth.tuning import study

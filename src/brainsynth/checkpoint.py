@@ -72,8 +72,11 @@ MODEL_FORMAT = "brainsynth-model-v2"
 _V1_FORMAT = "brainsynth-model-v1"
 # ModelConfig keys added after a format was written, with the value that reproduces the old
 # architecture; a file lacking one gets it from here.
-MODEL_KEYS_ADDED_LATER: dict[str, object] = {"class_norm": False, "class_embed_dim": 32, "spatial_latent_channels": 0,
-                                                 "spatial_latent_factor": 4, "spatial_prior": "standard"}
+MODEL_KEYS_ADDED_LATER: dict[str, object] = {"class_embed_dim": 32, "spatial_latent_channels": 0, "spatial_latent_factor": 4}
+# Keys of options measured and removed since, with the values under which they built nothing
+# (None: any value; the auxiliary classifier never entered the model file). A file written with
+# another value holds an architecture this version cannot build, and says so in one line.
+MODEL_KEYS_REMOVED: dict[str, object] = {"class_norm": False, "spatial_prior": "standard", "classifier_width": None}
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,11 @@ def load_model_file(path: str | Path) -> ModelFile:
     else:
         raise CheckpointError(f"{path}: not a brainsynth model file (format {version!r})")
     stored = {**MODEL_KEYS_ADDED_LATER, **stored}
+    for key, inert in MODEL_KEYS_REMOVED.items():
+        if key in stored and inert is not None and stored[key] != inert:
+            raise CheckpointError(f"{path}: written with model.{key} = {stored[key]!r}, an option this version no longer has "
+                                  f"({version}; retrain, or load it with the version that wrote it)")
+        stored.pop(key, None)
     try:
         model = ModelConfig.model_validate(stored)
     except ValidationError as err:

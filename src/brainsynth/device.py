@@ -22,7 +22,7 @@ def keep_freed_memory() -> bool:
 
     By default every activation above the mmap threshold is mmap'ed, freed with munmap after the
     step and faulted in again on the next: ~3 million page faults and 15 % of the wall time of a
-    CPU training run went to that (benchmarks/README.md, #27). PyTorch's CPU tuning guide points to
+    CPU training run went to that (experiments/results/2026-12-06-lab-notebook.md). PyTorch's CPU tuning guide points to
     jemalloc or tcmalloc through LD_PRELOAD, which needs a system package and an environment set
     before Python starts (DVC starts the stages); ``mallopt`` is glibc's own switch for the same
     thing and works in-process. At most ~1 GiB of freed memory is kept. Returns whether it applied

@@ -6,6 +6,10 @@ importing (and so depending on) the training engine or the checkpoint code."""
 from __future__ import annotations
 
 
+class ConfigError(ValueError):
+    """A user-facing configuration problem; its message is a single line."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint or model file that cannot be used; the message names the file."""
 

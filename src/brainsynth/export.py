@@ -13,7 +13,7 @@ same anatomy at the requested grade, if the model takes the grade from its label
 names each image's source slice, subject and grade; ``reports/evaluate/grade_swap.png`` shows
 how well the model does it).
 
-``--oversample K --keep FRACTION`` is the filtered export (``brainsynth.filtering``): K × the
+``--oversample K --keep FRACTION`` is the filtered export (``brainsynth.classifiers.filtering``): K × the
 requested slices are drawn per class and the share FRACTION (default 1/K) that a held-out ensemble
 of real-trained classifiers grades most confidently is kept; the ensemble learns from the training
 split of ``--filter-data`` (``data/prepared``) with the recipe in ``--params`` (params.yaml).
@@ -36,8 +36,8 @@ import numpy as np
 from PIL import Image
 
 from brainsynth.checkpoint import CheckpointError
+from brainsynth.classifiers.filtering import Selection, draw_and_keep, ensemble_from_prepared
 from brainsynth.files import atomic_dir, digest
-from brainsynth.filtering import Selection, draw_and_keep, ensemble_from_prepared
 from brainsynth.inference import SynthModel
 
 

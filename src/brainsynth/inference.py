@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from brainsynth.checkpoint import load_model_file
-from brainsynth.nets import VAE, Decoder, Encoder
+from brainsynth.model.vaegan import VAE, Decoder, Encoder
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ def unit_batches(images: np.ndarray, device: torch.device, batch: int = 256) -> 
         yield start, to_unit(chunk.to(device))
 
 
-def autocast(device: torch.device, bf16: bool) -> dict:
+def autocast_settings(device: torch.device, bf16: bool) -> dict:
     """torch.autocast arguments: bf16 on CUDA when asked, otherwise full precision."""
     return dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and bf16)
 
@@ -51,7 +51,7 @@ def sample_images(vae: VAE, labels, seed: int, device: torch.device, bf16: bool 
     z = torch.randn(len(labels), vae.latent_dim, generator=torch.Generator().manual_seed(seed))
     out = []
     for start in range(0, len(labels), batch):
-        with torch.autocast(**autocast(device, bf16)):
+        with torch.autocast(**autocast_settings(device, bf16)):
             images = vae.sample(z[start : start + batch].to(device), _labels(labels, start, start + batch, device))
         out.append(to_uint8(images).cpu())
     if not out:
@@ -65,7 +65,7 @@ def reconstruct_images(vae: VAE, images: np.ndarray, labels: np.ndarray, device:
     vae.eval()
     out = []
     for start, x in unit_batches(images, device):
-        with torch.autocast(**autocast(device, bf16)):
+        with torch.autocast(**autocast_settings(device, bf16)):
             out.append(to_uint8(vae.reconstruct(x, _labels(labels, start, start + len(x), device))).cpu())
     return torch.cat(out).squeeze(1).numpy()
 
@@ -79,7 +79,7 @@ def predict_classes(classifier: nn.Module, images: np.ndarray, bf16: bool = Fals
     classifier.eval()
     predictions = []
     for _, x in unit_batches(images, device):
-        with torch.autocast(**autocast(device, bf16)):
+        with torch.autocast(**autocast_settings(device, bf16)):
             predictions.append(classifier(x).argmax(dim=1).cpu())
     classifier.train(was_training)
     return torch.cat(predictions).numpy() if predictions else np.zeros(0, np.int64)
@@ -110,7 +110,7 @@ class SynthModel:
         z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
         labels = torch.full((steps,), label, dtype=torch.long, device=self.device)
         self.vae.eval()
-        with torch.autocast(**autocast(self.device, self.bf16)):
+        with torch.autocast(**autocast_settings(self.device, self.bf16)):
             return to_uint8(self.vae.sample(z.to(self.device), labels)).cpu().squeeze(1).numpy()
 
     def reconstruct(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -125,7 +125,7 @@ class SynthModel:
         self.vae.eval()
         out = []
         for start, x in unit_batches(images, self.device):
-            with torch.autocast(**autocast(self.device, self.bf16)):
+            with torch.autocast(**autocast_settings(self.device, self.bf16)):
                 mu, _ = self.vae.encode(x, _labels(labels, start, start + len(x), self.device))
                 out.append(to_uint8(self.vae.decode(mu.to(x.dtype), _labels(new_labels, start, start + len(x), self.device))).cpu())
         return torch.cat(out).squeeze(1).numpy() if out else np.zeros((0, self.image_size, self.image_size), np.uint8)

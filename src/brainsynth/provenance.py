@@ -25,7 +25,9 @@ DVC_FILE = Path("dvc.yaml")
 NOT_TRAINING_INPUTS = ("train.epochs", "train.log_every", "train.sample_every", "train.keep", "mlflow.", "evaluate.", "tune.", "generate.")
 # Params that do not shape what tuning finds: how many trials/workers/where, and what happens after.
 NOT_TUNING_INPUTS = ("tune.n_trials", "tune.n_workers", "tune.storage", "tune.heartbeat_seconds", "tune.min_improvement", "mlflow.", "evaluate.",
-                     "generate.", "train.sample_every", "train.log_every", "train.n_sample_images", "train.keep", "train.nproc_per_node")
+                     "generate.", "train.epochs", "train.sample_every", "train.log_every", "train.n_sample_images", "train.keep", "train.nproc_per_node")
+# The one evaluate section training reads: the grade-consistency ensemble is trained with its recipe.
+TRAINING_READS_FROM_EVALUATE = "evaluate.classifier."
 # What evaluate's downstream classifiers depend on besides the model file and the data.
 UTILITY_INPUTS = ("seed", "train.bf16", "evaluate.n_images", "evaluate.utility_epochs", "evaluate.utility_images", "evaluate.utility_seeds",
                   "evaluate.synthetic_per_real", "evaluate.pretrain", "evaluate.classifier.", "evaluate.judge.",
@@ -63,18 +65,15 @@ def _without(flat: dict[str, Any], ignored: tuple[str, ...]) -> dict[str, Any]:
 
 def training_inputs(cfg) -> dict[str, Any]:
     """The params a resume checkpoint must have been written under (flat)."""
-    return _without(cfg.flat(), NOT_TRAINING_INPUTS)
+    flat = cfg.flat()
+    return {**_without(flat, NOT_TRAINING_INPUTS), **{k: v for k, v in flat.items() if k.startswith(TRAINING_READS_FROM_EVALUATE)}}
 
 
 def tuning_inputs(cfg) -> dict[str, Any]:
     """The params tuning results depend on (flat), as the tune stage saw them: what train compares
     before laying tuned values over a params.yaml that may have changed since."""
     flat = cfg.flat()  # not recorded as reads: comparing params is not using them
-    ignored = NOT_TUNING_INPUTS if flat["tune.scale_schedule"] else (*NOT_TUNING_INPUTS, "train.epochs")  # only scaled trials use it
-    relevant = _without(flat, ignored)
-    if flat["tune.objective"] == "swd_recon_class":  # the class judge's training shapes the objective
-        relevant.update({k: v for k, v in flat.items() if k == "evaluate.utility_epochs" or k.startswith("evaluate.classifier.")})
-    return relevant
+    return {**_without(flat, NOT_TUNING_INPUTS), **{k: v for k, v in flat.items() if k.startswith(TRAINING_READS_FROM_EVALUATE)}}
 
 
 def utility_inputs(cfg) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from brainsynth.evaluation.catalogue import lower_is_better, version_metrics
+from brainsynth.catalogue import lower_is_better, version_metrics
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 def describe_candidate(name: str, version: str, description: str, tags: dict[str, str]) -> None:

@@ -170,7 +170,7 @@ def log_generator(model_file: Path, registered_name: str = "", description: str 
 
     size = load_model_file(model_file).image_size
     # Outputs only: a column input schema makes MLflow drop unknown columns *before* predict sees
-    # them, so a misspelt key ("clas") silently gave class 0 (#25). parse_request checks every
+    # them, so a misspelt key ("clas") silently gave class 0. parse_request checks every
     # field instead; the request format travels as the model's metadata and input example.
     signature = ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size))]))
     # MLflow logs a CloudPickle caution for every python_model object; the object here is a

@@ -24,7 +24,6 @@ from brainsynth.config import Config
 from brainsynth.errors import StageError
 from brainsynth.files import digest
 
-
 _experiment_id: str | None = None  # set by setup()
 
 
@@ -196,13 +195,13 @@ def prepared_data_hash(folder: Path) -> str:
 
 def log_dataset(images, labels, folder: Path, context: str) -> None:
     """The data a run used, in the run's Datasets column: name, DVC hash as digest, shape."""
-    import mlflow.data
-
     import warnings
+
+    import mlflow.data
 
     with warnings.catch_warnings():
         # MLflow registers its local-artifact source class twice and then warns, on every run, that a
-        # path "can be interpreted in multiple ways" — by two identical classes (noise, #25).
+        # path "can be interpreted in multiple ways" — by two identical classes (noise).
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         dataset = mlflow.data.from_numpy(images, targets=labels, source=str(repo_root() / folder), name=folder.as_posix(),
                                          digest=prepared_data_hash(folder)[:36])

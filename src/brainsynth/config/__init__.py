@@ -1,7 +1,7 @@
 """One validated configuration object for every stage, loaded from ``params.yaml``.
 
-Three modules: ``schema`` (the sections and their rules), ``load`` (reading, overrides, one-line
-errors, the stages' pre-check) and ``reads`` (recording which params a stage reads).
+Four modules: ``schema`` (the sections and their rules), ``load`` (reading, overrides, one-line
+errors, the stages' pre-check), ``keys`` (key paths) and ``reads`` (recording which params a stage reads).
 
 Every knob of the pipeline lives in params.yaml, and only there: this module knows the shape and
 the rules of each value but supplies none of them (no defaults), so code, tests and users all run
@@ -14,12 +14,33 @@ reads is declared under that stage's ``params:`` in dvc.yaml, so DVC reruns exac
 affects.
 """
 
-from brainsynth.config.load import check_data_source, check_or_exit, load, load_overrides, validate
+from brainsynth.config.keys import flat_keys, flatten
+from brainsynth.config.load import check_data_source, check_or_exit, load, load_overrides, validate, with_overrides
 from brainsynth.config.reads import record_reads
-from brainsynth.config.schema import (ClassifierConfig, Config, ConfigError, DataConfig, EmbeddedDataConfig, EvaluateConfig, FilterConfig, GenerateConfig,
-                                      JudgeConfig,                                       LossConfig, MlflowConfig, ModelConfig, OptimConfig, SearchDimension, SwdConfig, TrainConfig, TuneConfig,
-                                      VolumeConfig, flat_keys, flatten)
+from brainsynth.config.schema import (
+                                      ClassifierConfig,
+                                      Config,
+                                      ConsistencyConfig,
+                                      DataConfig,
+                                      EmbeddedDataConfig,
+                                      EvaluateConfig,
+                                      FaderConfig,
+                                      FilterConfig,
+                                      GenerateConfig,
+                                      JudgeConfig,
+                                      LossConfig,
+                                      MlflowConfig,
+                                      ModelConfig,
+                                      OptimConfig,
+                                      SearchDimension,
+                                      SwdConfig,
+                                      TrainConfig,
+                                      TuneConfig,
+                                      VolumeConfig,
+)
+from brainsynth.errors import ConfigError
 
-__all__ = ["ClassifierConfig", "Config", "ConfigError", "DataConfig", "EmbeddedDataConfig", "EvaluateConfig", "FilterConfig", "GenerateConfig", "JudgeConfig", "LossConfig",
-           "MlflowConfig", "ModelConfig", "OptimConfig", "SearchDimension", "SwdConfig", "TrainConfig", "TuneConfig", "VolumeConfig",
-           "check_data_source", "check_or_exit", "flat_keys", "flatten", "load", "load_overrides", "record_reads", "validate"]
+__all__ = ["ClassifierConfig", "Config", "ConfigError", "ConsistencyConfig", "DataConfig", "EmbeddedDataConfig", "EvaluateConfig", "FaderConfig",
+           "FilterConfig", "GenerateConfig", "JudgeConfig", "LossConfig", "MlflowConfig", "ModelConfig", "OptimConfig", "SearchDimension", "SwdConfig",
+           "TrainConfig", "TuneConfig", "VolumeConfig", "check_data_source", "check_or_exit", "flat_keys", "flatten", "load", "load_overrides",
+           "record_reads", "validate", "with_overrides"]

@@ -1,5 +1,6 @@
 """Loading params.yaml: validation with one-line errors that name the key path, the offending value
-and what is allowed, overrides files (tune's best_params.yaml), and the stages' pre-check
+and what is allowed, overrides (``with_overrides``; tune's best_params.yaml), the checks across
+sections that need the key paths (the tuning search space), and the stages' pre-check
 (``check_or_exit``), which fails a typo in well under a second, before any data is touched."""
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from brainsynth.config import reads
+from brainsynth.config.keys import did_you_mean, flat_keys, flatten, set_dotted
 from brainsynth.config.reads import _assign_paths
-from brainsynth.config.schema import Config, ConfigError, _did_you_mean, flatten
+from brainsynth.config.schema import Config
+from brainsynth.errors import ConfigError
+
 
 def mask_password(url: str) -> str:
     """``scheme://user:secret@host/db`` → ``scheme://user:***@host/db``; anything else unchanged."""
@@ -28,7 +32,7 @@ def _first_error_line(err: ValidationError, raw: dict[str, Any], source: str) ->
     path = ".".join(loc)
     if first["type"] == "extra_forbidden":
         parent_keys = [".".join(loc[:-1] + [k]) for k in _section_keys(loc[:-1])]
-        hint = _did_you_mean(path, parent_keys)
+        hint = did_you_mean(path, parent_keys)
         return f"{source}: unknown key {path!r}{hint}"
     if first["type"] == "missing":
         return f"{source}: missing key {path!r} (params.yaml sets every parameter; see the README's table)"
@@ -62,12 +66,61 @@ def validate(raw: Any, source: str = "params.yaml") -> Config:
     recording, reads._reads = reads._reads, None  # the validators' own checks are not reads by a stage
     try:
         cfg = Config.model_validate(copy.deepcopy(raw))
+        problem = search_space_problem(cfg)
     except ValidationError as err:
         raise ConfigError(_first_error_line(err, raw, source)) from None
     finally:
         reads._reads = recording
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
     _assign_paths(cfg)
     return cfg
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any], source: str = "overrides") -> Config:
+    """A new validated config with dotted-key overrides (``{"train.epochs": 2}``) laid over ``cfg``;
+    errors name ``source``."""
+    raw = cfg.model_dump(mode="json")
+    for key, value in overrides.items():
+        set_dotted(raw, key, value)
+    return validate(raw, source=source)
+
+
+def search_space_problem(cfg: Config) -> str | None:
+    """Why ``tune.search_space`` is unusable — it names an unknown key, or a value a trial can draw
+    that the key does not accept (the trial would fail later inside Optuna with a traceback instead
+    of here with one line) — or None."""
+    known = set(flat_keys(Config))
+    for key, dim in cfg.tune.search_space.items():
+        if key not in known:
+            return f"tune.search_space names unknown parameter {key!r}{did_you_mean(key, known)}"
+        values = dim.choices if dim.type == "categorical" else [dim.low, dim.high]
+        for name, value in zip(["choice"] * len(values) if dim.type == "categorical" else ["low", "high"], values):
+            value = int(value) if dim.type == "int" else value
+            problem = _value_problem(cfg, key, value)
+            if problem:
+                return f"tune.search_space.{key}: {name} {value!r} is not a valid {key} ({problem})"
+    return None
+
+
+def _value_problem(cfg: Config, key: str, value: Any) -> str | None:
+    """Why ``value`` is not accepted for the dotted ``key`` (validated within its top-level section,
+    with the rest of that section as configured), or None."""
+    from typing import Annotated
+
+    section_name, _, rest = key.partition(".")
+    section = getattr(cfg, section_name)
+    try:
+        if isinstance(section, BaseModel):
+            raw = section.model_dump(mode="json")
+            set_dotted(raw, rest, value)
+            type(section).model_validate(raw)
+        else:  # a top-level scalar such as seed
+            field = type(cfg).model_fields[key]
+            TypeAdapter(Annotated.__class_getitem__((field.annotation, *field.metadata))).validate_python(value)
+    except ValidationError as err:
+        return err.errors()[0]["msg"].removeprefix("Value error, ")
+    return None
 
 
 def load(path: str | Path = "params.yaml") -> Config:
@@ -84,12 +137,13 @@ def load(path: str | Path = "params.yaml") -> Config:
     return validate(raw, source=str(path))
 
 
-def load_overrides(path: str | Path) -> dict[str, Any]:
-    """A params file of overrides (tune's ``best_params.yaml``) as flat ``{"optim.lr": …}``; the
-    values are validated when laid over the config (``Config.with_overrides``)."""
+def load_overrides(path: str | Path, missing: str = "missing (run the tune stage first: dvc repro tune)") -> dict[str, Any]:
+    """A params file of overrides (tune's ``best_params.yaml``, a preset, an experiment arm) as flat
+    ``{"optim.lr": …}``; the values are validated when laid over the config (``with_overrides``).
+    ``missing``: what the error says when the file is not there."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: missing (run the tune stage first: dvc repro tune)")
+        raise ConfigError(f"{path}: {missing}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:

@@ -3,16 +3,12 @@ of each value but none of the values (no defaults): params.yaml holds every valu
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from brainsynth.config.keys import flatten
 from brainsynth.config.reads import _Section
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; its message is a single line."""
 
 
 class EmbeddedDataConfig(_Section):
@@ -91,14 +87,11 @@ class ModelConfig(_Section):
     cbam_reduction: int = Field(ge=1, le=64)
     self_attention_res: list[int]
     conditional: bool
-    class_norm: bool
     critic_mbstd_group: int = Field(ge=0, le=64)
     upsample: Literal["nearest", "bilinear"]
-    classifier_width: int = Field(ge=2, le=256)
     class_embed_dim: int = Field(ge=1, le=1024)
     spatial_latent_channels: int = Field(ge=0, le=64)
     spatial_latent_factor: int
-    spatial_prior: Literal["standard", "learned"]
     logvar_min: float
     logvar_max: float
 
@@ -111,34 +104,40 @@ class ModelConfig(_Section):
                 raise ValueError(f"attention resolution {res} must be a power of two >= 4")
         if self.spatial_latent_factor < 2 or self.spatial_latent_factor & (self.spatial_latent_factor - 1):
             raise ValueError(f"spatial_latent_factor {self.spatial_latent_factor} must be a power of two >= 2")
-        if self.spatial_prior == "learned" and not self.spatial_latent_channels:
-            raise ValueError("spatial_prior 'learned' needs spatial_latent_channels > 0 (it is the prior of the spatial latent)")
         return self
 
 
+class ConsistencyConfig(_Section):
+    """Grade consistency (``training.parts.ConsistencyPart``): a frozen blurred classifier ensemble."""
+
+    weight: float = Field(ge=0.0)  # 0 = off
+    members: int = Field(ge=1, le=16)
+    epochs: int = Field(ge=1)
+    blur: float = Field(ge=0.0, le=8.0)
+    ramp_epochs: float = Field(ge=0.0)
+
+
+class FaderConfig(_Section):
+    """The Fader adversary on the posterior means (``training.parts.FaderPart``)."""
+
+    weight: float = Field(ge=0.0)  # 0 = off
+    lr: float = Field(gt=0.0, le=1.0)
+
+
 class LossConfig(_Section):
-    recon: Literal["l1", "mse"]
     recon_weight: float = Field(ge=0.0)
     kl_weight: float = Field(ge=0.0)
     kl_warmup_epochs: float = Field(ge=0.0)  # fractional: tuning trials scale the schedule to their budget
     adv_weight: float = Field(ge=0.0)
     adv_start_epoch: float = Field(ge=0.0)
-    gan: Literal["wgan-gp", "hinge"]
     gp_weight: float = Field(ge=0.0)
     gp_every: int = Field(ge=1)
     drift_weight: float = Field(ge=0.0)
-    feature_weight: float = Field(ge=0.0)
-    class_weight: float = Field(ge=0.0)
     instance_noise: float = Field(ge=0.0, le=1.0)
     prior_fraction: float = Field(gt=0.0, le=4.0)
-    consistency_weight: float = Field(ge=0.0)
-    consistency_members: int = Field(ge=1, le=16)
-    consistency_epochs: int = Field(ge=1)
-    consistency_blur: float = Field(ge=0.0, le=8.0)
-    consistency_ramp_epochs: float = Field(ge=0.0)
-    latent_adv_weight: float = Field(ge=0.0)
     focal_frequency_weight: float = Field(ge=0.0)
-    adaptive_adv: bool
+    consistency: ConsistencyConfig
+    fader: FaderConfig
 
 
 class OptimConfig(_Section):
@@ -151,7 +150,6 @@ class OptimConfig(_Section):
     ema_decay: float = Field(ge=0.0, lt=1.0)
     ema_warmup_steps: int = Field(ge=1)
     grad_clip: float = Field(ge=0.0)
-    lr_classifier: float = Field(gt=0.0, le=1.0)
 
 
 class TrainConfig(_Section):
@@ -207,12 +205,10 @@ class TuneConfig(_Section):
     enabled: bool
     n_trials: int = Field(ge=0)
     epochs: int = Field(ge=1)
-    scale_schedule: bool
     max_train_images: int = Field(ge=0)
     eval_images: int = Field(ge=8)
-    objective: Literal["swd_recon", "swd", "recon_mae", "swd_recon_class"]
+    objective: Literal["swd_recon", "swd", "recon_mae"]
     recon_weight: float = Field(ge=0.0)
-    class_weight: float = Field(ge=0.0)
     sampler: Literal["tpe", "random"]
     pruner: Literal["median", "hyperband", "none"]
     n_workers: int = Field(ge=1, le=64)
@@ -235,7 +231,7 @@ class TuneConfig(_Section):
 
 
 class ClassifierConfig(_Section):
-    """The downstream slice classifier (utility, GAN-test, in-domain features, the tuning class judge)."""
+    """The project's slice classifier (utility, GAN-test, in-domain features, the filter's ensemble, grade consistency)."""
 
     width: int = Field(ge=2, le=256)
     dropout: float = Field(ge=0.0, lt=1.0)
@@ -245,7 +241,7 @@ class ClassifierConfig(_Section):
 
 
 class JudgeConfig(_Section):
-    """The independent judge (``brainsynth.judge``): gradient-boosted trees on anatomical features."""
+    """The independent judge (``brainsynth.classifiers.judge``): gradient-boosted trees on anatomical features."""
 
     bins: int = Field(ge=4, le=256)
     ring_px: int = Field(ge=1, le=64)
@@ -254,7 +250,7 @@ class JudgeConfig(_Section):
 
 
 class FilterConfig(_Section):
-    """The filtered export (``brainsynth.filtering``): its held-out ensemble, and how much evaluate oversamples."""
+    """The filtered export (``brainsynth.classifiers.filtering``): its held-out ensemble, and how much evaluate oversamples."""
 
     oversample: int = Field(ge=1, le=64)  # evaluate: utility also with the best 1/oversample of oversample × the draws; 1 = skip
     members: int = Field(ge=2, le=10)  # folds of the training subjects, one classifier trained on all but each
@@ -309,7 +305,7 @@ class GenerateConfig(_Section):
 class MlflowConfig(_Section):
     experiment: str = Field(min_length=1)
     registered_model: str
-    champion_metric: str  # a metric the catalogue marks champion-eligible (evaluation.catalogue)
+    champion_metric: str  # a metric the catalogue marks champion-eligible (brainsynth.catalogue)
 
     @field_validator("registered_model")
     @classmethod
@@ -323,7 +319,9 @@ class MlflowConfig(_Section):
     @field_validator("champion_metric")
     @classmethod
     def _champion_eligible(cls, value: str) -> str:
-        from brainsynth.evaluation.catalogue import champion_metrics
+        # Imported here, not at the top: the stages import the schema, and a new metric row must not
+        # rerun every stage (DVC's code deps are what a stage imports).
+        from brainsynth.catalogue import champion_metrics
 
         if value not in champion_metrics():
             raise ValueError(f"must be one of {', '.join(champion_metrics())} (the metrics that can decide the champion)")
@@ -350,98 +348,6 @@ class Config(_Section):
             raise ValueError(f"model.spatial_latent_factor {factor} leaves data.image_size {size} below 4×4 (the networks stop at 4×4)")
         return self
 
-    @model_validator(mode="after")
-    def _search_space_names_real_keys(self) -> "Config":
-        known = set(flat_keys(type(self)))
-        for key, dim in self.tune.search_space.items():
-            if key not in known:
-                raise ValueError(f"tune.search_space names unknown parameter {key!r}{_did_you_mean(key, known)}")
-            # Every value a trial can draw must be one the parameter accepts, or the trial fails
-            # later inside Optuna with a traceback instead of here with one line.
-            values = dim.choices if dim.type == "categorical" else [dim.low, dim.high]
-            for name, value in zip(["choice"] * len(values) if dim.type == "categorical" else ["low", "high"], values):
-                if dim.type == "int":
-                    value = int(value)
-                problem = _value_problem(self, key, value)
-                if problem:
-                    raise ValueError(f"tune.search_space.{key}: {name} {value!r} is not a valid {key} ({problem})")
-        return self
-
     def flat(self) -> dict[str, Any]:
         """The config as ``{"train.epochs": 20, ...}`` with params.yaml key paths."""
         return flatten(self.model_dump(mode="json"))
-
-    def with_overrides(self, overrides: dict[str, Any], source: str = "overrides") -> "Config":
-        """A new validated config with dotted-key overrides laid over this one; errors name ``source``."""
-        raw = self.model_dump(mode="json")
-        for key, value in overrides.items():
-            _set_dotted(raw, key, value)
-        from brainsynth.config.load import validate
-
-        return validate(raw, source=source)
-
-
-# --- key paths -------------------------------------------------------------------------------
-
-
-def flat_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """Every leaf key path a section model accepts (used for 'did you mean' and search spaces)."""
-    keys = []
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        path = f"{prefix}{name}"
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys.extend(flat_keys(annotation, path + "."))
-        else:
-            keys.append(path)
-    return keys
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, path + "."))
-        else:
-            out[path] = value
-    return out
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    node = tree
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
-    node[leaf] = value
-
-
-def _did_you_mean(key: str, candidates: set[str] | list[str]) -> str:
-    match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-def _value_problem(cfg: "Config", key: str, value: Any) -> str | None:
-    """Why ``value`` is not accepted for the dotted ``key`` (validated within its top-level section,
-    with the rest of that section as configured), or None."""
-    from typing import Annotated
-
-    from pydantic import TypeAdapter
-
-    section_name, _, rest = key.partition(".")
-    section = getattr(cfg, section_name)
-    try:
-        if isinstance(section, BaseModel):
-            raw = section.model_dump(mode="json")
-            _set_dotted(raw, rest, value)
-            type(section).model_validate(raw)
-        else:  # a top-level scalar such as seed
-            field = type(cfg).model_fields[key]
-            TypeAdapter(Annotated.__class_getitem__((field.annotation, *field.metadata))).validate_python(value)
-    except ValidationError as err:
-        return err.errors()[0]["msg"].removeprefix("Value error, ")
-    return None
-
-

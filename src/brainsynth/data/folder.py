@@ -2,7 +2,7 @@
 
 The per-file decoder is what ``ingest`` runs in worker processes, so it must be cheap: JPEGs are
 decoded in libjpeg's DCT-domain draft mode straight to grayscale at the smallest scale that is
-still at least the target size (the ingestion figures are in benchmarks/README.md).
+still at least the target size (the ingestion figures are in experiments/results/2026-12-06-lab-notebook.md).
 """
 
 from __future__ import annotations

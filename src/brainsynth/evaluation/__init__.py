@@ -1,2 +1,3 @@
-"""evaluate's metrics: the catalogue (each metric's identity, once) and the metric families (how
-they are computed, as functions of plain arrays)."""
+"""evaluate's metrics: the families (how they are computed, as functions of plain arrays), the
+utility protocol (the downstream classifiers) and the headline. Each metric's identity is its row in
+``brainsynth.catalogue``."""

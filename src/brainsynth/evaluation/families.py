@@ -1,7 +1,7 @@
 """Metric families: each a function of the evaluation's plain arrays (``Evaluation``) returning
 ``{metric name: value}``, registered with ``@family`` and run by ``compute`` in declaration order
 (the families that draw from the shared generator ``rng`` must keep their order, or the draws and
-so the numbers change). Names and directions are in ``evaluation.catalogue``.
+so the numbers change). Names and directions are in ``brainsynth.catalogue``.
 
 **A new metric is one family function here (or a key in an existing one) and one catalogue row.**
 
@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from brainsynth import metrics as M
-from brainsynth.downstream import penultimate_features
+from brainsynth.classifiers.slice import penultimate_features
 
 
 @dataclass

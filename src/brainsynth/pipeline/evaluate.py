@@ -1,34 +1,10 @@
 """evaluate: quality of the trained model on the test split → metrics/evaluate.json + figures.
 
-* ``recon_psnr`` / ``recon_ssim``: reconstructions of test images (higher is better).
-* ``swd``: sliced Wasserstein distance (×1e3) between samples and an equal number of test images,
-  generated with the test set's class mix (lower is better); ``swd_real_baseline`` is the same
-  distance between real training and real test images — the floor a perfect model would reach.
-* ``ms_ssim_samples`` vs ``ms_ssim_real``: mean MS-SSIM over random pairs (lower = more diverse);
-  samples far above real pairs mean mode collapse.
-* memorisation audit: ``nn_ratio`` (median generated→train ÷ median test→train nearest-neighbour
-  distance; ≈ 1 is healthy, ≪ 1 means copies) and ``memorization_rate`` (share of samples closer to
-  a training image than the 1st percentile of test→train distances; ≈ 0.01 for new real images).
-* downstream utility (``downstream.utility``, ``evaluate.utility_seeds`` seeds): balanced accuracy
-  and macro-F1 on the real test split of CNNs trained on real slices (``trtr_*``), synthetic slices
-  (``tstr_*``), real + synthetic at each ``evaluate.synthetic_per_real`` ratio (``mix<p>_*``) and
-  pretrained on synthetic then fine-tuned on real (``pretrain_*``); ``gain_<use>_*`` against
-  real-only, ``augment_gain_*`` for the best use and ``augment_gain_vs_duplicate_*`` against its
-  duplicate-real control; the same TRTR/TSTR by the independent judge (``judge_*``,
-  ``brainsynth.judge``), which the headline quotes; each seed's real-trained CNN and judge grade
-  samples (``gan_test_*``), reconstructions (``recon_class_*``) and the real test slices
-  (``real_class_*``); ``chance_balanced_accuracy`` = 1/K. With ``evaluate.filter.oversample`` > 1
-  the same for the filtered export (``brainsynth.filtering``): ``tstr_filtered_*``,
-  ``judge_tstr_filtered_*``, ``gan_test_filtered_*``, ``<best use>_filtered_*``,
-  ``augment_gain_filtered_*``, and the filter ensemble's ``filter_held_out_balanced_accuracy``.
-* anatomy: ``morph_distance_<class>`` — 1-D Wasserstein distance between the CSF-area-fraction
-  distributions of generated and real test slices of a class, next to ``morph_distance_real_<class>``
-  (real training vs real test), and ``morph_distance_ratio`` (the worst class's ratio, ≤ 2 is the
-  target); ``feature_fd`` / ``feature_precision`` / ``feature_recall`` in each seed's real-trained
-  CNN's feature space (mean and ``_std``) next to their ``_real`` values (real training vs real test).
-* ``fid`` / ``kid`` only when Inception weights are already on disk (never downloaded).
-Per-class values carry the class name as a suffix. The metric families are computed in
-``evaluation.families`` and named (group, direction, reference) in ``evaluation.catalogue``.
+The metric families are computed in ``evaluation.families`` (and the utility protocol in
+``evaluation.downstream``); what each metric means, its group, direction and reference is its row in
+``brainsynth.catalogue`` (``docs/metrics.md`` is generated from it). This module loads the model and
+the data, draws the samples once, runs the families, writes the metrics file, the figures and the
+MLflow run, and moves the registry's aliases.
 """
 
 from __future__ import annotations
@@ -39,16 +15,19 @@ import time
 import mlflow
 import numpy as np
 
-from brainsynth import filtering, metrics as M, provenance, tracking
+from brainsynth import metrics as M
+from brainsynth import provenance, tracking
+from brainsynth.catalogue import grouped
 from brainsynth.checkpoint import CheckpointError, load_safe, save_atomic
+from brainsynth.classifiers import filtering
+from brainsynth.classifiers.slice import new_classifier
 from brainsynth.config import Config
 from brainsynth.data import prepared
 from brainsynth.device import resolve_device
-from brainsynth.downstream import new_classifier, use_names, utility
-from brainsynth.evaluation.catalogue import grouped
+from brainsynth.evaluation.downstream import use_names, utility
 from brainsynth.evaluation.families import Evaluation, compute
+from brainsynth.evaluation.headline import headline
 from brainsynth.files import atomic_dir, digest
-from brainsynth.headline import headline
 from brainsynth.inference import SynthModel
 from brainsynth.paths import EVALUATE_DIR, MODEL_FILE, PREPARED_DIR, UTILITY_CACHE
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics

@@ -1,6 +1,6 @@
 """generate: synthetic slices from the trained model → data/synthetic/ (PNG per class, optional NIfTI
 stacks, manifest.json), when ``generate.enabled``, otherwise an empty folder with a manifest saying so.
-With ``generate.oversample`` > 1 it is the filtered export (``brainsynth.filtering``: its held-out
+With ``generate.oversample`` > 1 it is the filtered export (``brainsynth.classifiers.filtering``: its held-out
 ensemble trained on data/prepared's training split, the recipe of ``evaluate.filter``).
 The same export is available outside DVC as ``brainsynth-generate``."""
 
@@ -12,11 +12,11 @@ import time
 
 import mlflow
 
+from brainsynth.classifiers.filtering import Selection, ensemble_from_prepared
 from brainsynth.config import Config
 from brainsynth.device import resolve_device
 from brainsynth.export import export, n_images
 from brainsynth.files import atomic_dir
-from brainsynth.filtering import Selection, ensemble_from_prepared
 from brainsynth.inference import SynthModel
 from brainsynth.paths import MODEL_FILE, PREPARED_DIR, SYNTHETIC_DIR
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics

@@ -29,18 +29,19 @@ import mlflow
 import numpy as np
 from PIL import Image
 
-from brainsynth import distributed, losses, provenance, tracking
+from brainsynth import distributed, provenance, tracking
 from brainsynth.checkpoint import CheckpointError, load_model_file, load_safe, save_atomic, save_model_file, save_training_state
-from brainsynth.config import Config, ConfigError, load_overrides
+from brainsynth.config import Config, ConfigError, load_overrides, with_overrides
 from brainsynth.data import prepared
 from brainsynth.device import resolve_device
-from brainsynth.engine import Trainer
 from brainsynth.files import atomic_dir, digest, write_json_atomic
-from brainsynth.loop import EpochResult, RunState, fit
-from brainsynth.objective import class_judge, validation_metrics
 from brainsynth.paths import BEST_CHECKPOINT, BEST_PARAMS, MODEL_FILE, PREPARED_DIR, RESUME_CHECKPOINT, TRAIN_DIR, TUNED_FOR
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
 from brainsynth.serving import log_generator
+from brainsynth.training.engine import Trainer
+from brainsynth.training.loop import EpochResult, RunState, fit
+from brainsynth.training.losses import curve_panels
+from brainsynth.training.objective import validation_metrics
 from brainsynth.viz import class_grid, training_curves
 
 HISTORY_FILE = "history.csv"  # per-epoch training losses (dvc plots)
@@ -116,7 +117,6 @@ def run(cfg: Config, log: logging.Logger) -> None:
         distributed.shutdown(world)
         return
 
-    judge = class_judge(cfg, train_images, train_labels, len(data.class_names), trainer.device)
     if resume_run_id is None:
         BEST_CHECKPOINT.unlink(missing_ok=True)  # a best model of an earlier, different run
     with mlflow_run("train", cfg, upstream_tags("tune", BEST_PARAMS), resume_run_id=resume_run_id,
@@ -125,7 +125,7 @@ def run(cfg: Config, log: logging.Logger) -> None:
         if resume_run_id is None:
             tracking.log_dataset(train_images, train_labels, PREPARED_DIR, "training")
         started = time.perf_counter()
-        validate = (lambda t: validation_metrics(t, val_images, val_labels, cfg, judge)) if len(val_images) else None
+        validate = (lambda t: validation_metrics(t, val_images, val_labels, cfg)) if len(val_images) else None
         state = fit(trainer, cfg.train.epochs, validate, cfg.train.sample_every, state=state, record_steps=True, progress=True,
                     on_epoch=EpochEnd(trainer, cfg, data, {"fingerprint": run_fingerprint, "mlflow_run_id": run_id}, log))
         kept_epoch = keep_model(trainer, cfg, state, log)
@@ -152,7 +152,7 @@ def with_tuned_values(cfg: Config, log: logging.Logger) -> tuple[Config, dict]:
     if tuned:
         check_tuned_for(cfg)
         log.info("laying tuned parameters over params.yaml: %s", tuned)
-        cfg = cfg.with_overrides(tuned, source=str(BEST_PARAMS))
+        cfg = with_overrides(cfg, tuned, source=str(BEST_PARAMS))
     return cfg, tuned
 
 
@@ -211,13 +211,12 @@ def write_outputs(trainer: Trainer, cfg: Config, data: prepared.PreparedData, st
     """models/train/: the model file, the last critic, the sample grid, the curves (CSV and figure) and meta.json, all or nothing."""
     with atomic_dir(TRAIN_DIR) as staging:
         save_ema_model(staging / MODEL_FILE.name, trainer, cfg, data)
-        # The critic of the last epoch, for diagnostics only (benchmarks/diagnose_grade.py: its class margin).
-        save_atomic({"critic": trainer.model.critic.state_dict(), "n_classes": trainer.model.n_classes,
-                     "spectral": cfg.loss.gan == "hinge"}, staging / "critic.pt")
+        # The critic of the last epoch, for diagnostics only (what it scores, its class margin).
+        save_atomic({"critic": trainer.model.critic.state_dict(), "n_classes": trainer.model.n_classes}, staging / "critic.pt")
         class_grid(trainer.sample, data.class_names, 10, cfg.seed, staging / "samples.png",
                    f"samples of the kept model (EMA decoder, epoch {kept_epoch} of {cfg.train.epochs})")
         write_history(trainer.history, state.val_history, state.step_history, staging)
-        training_curves(trainer.history, state.val_history, staging / "training_curves.png", losses.curve_panels())
+        training_curves(trainer.history, state.val_history, staging / "training_curves.png", curve_panels(tuple(trainer.history[-1]) if trainer.history else ()))
         write_json_atomic(staging / "meta.json", {"epochs": cfg.train.epochs, "kept_epoch": kept_epoch, "keep": cfg.train.keep,
                                                  "device": str(trainer.device), **meta})
     tracking.tag_outputs(MODEL_FILE)

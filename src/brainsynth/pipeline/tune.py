@@ -18,9 +18,8 @@ show the values train actually used.
 * The first trial of a new study uses the params.yaml values, and the tuned values replace them only
   when the best trial beats that trial by ``tune.min_improvement`` (relative): the short-horizon
   objective is noisy, and a trial that wins by noise can train a much worse final model.
-* A trial trains ``tune.epochs`` epochs with the final run's KL warm-up and adversarial start, or
-  (``tune.scale_schedule``) with both scaled by ``tune.epochs / train.epochs``; unscaled trials
-  ranked final scores better (benchmarks/README.md), hence the default.
+* A trial trains ``tune.epochs`` epochs with the final run's KL warm-up and adversarial start (in
+  epochs; scaling both to the trial's budget ranked final scores worse when measured).
 * ``tune.enabled: false`` or ``tune.n_trials: 0`` writes empty best parameters: train uses params.yaml.
 """
 
@@ -36,15 +35,26 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from brainsynth import objective, provenance, tracking
+from brainsynth import provenance, tracking
 from brainsynth.config import Config
 from brainsynth.data import prepared
 from brainsynth.files import write_json_atomic, write_text_atomic
 from brainsynth.paths import BEST_PARAMS, PREPARED_DIR, STUDY_JOURNAL, TUNED_FOR
 from brainsynth.pipeline.stage import mlflow_run, upstream_tags, write_metrics
-from brainsynth.search_space import baseline_params, decoded_params, search_space
-from brainsynth.tuning.study import (ProgressLog, chosen_trial, count_states, fail_stale_trials, make_pruner, make_sampler, open_storage,
-                                     stop_callbacks, study_done, study_name)
+from brainsynth.training import objective
+from brainsynth.tuning.search_space import baseline_params, decoded_params, search_space
+from brainsynth.tuning.study import (
+    ProgressLog,
+    chosen_trial,
+    count_states,
+    fail_stale_trials,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    stop_callbacks,
+    study_done,
+    study_name,
+)
 from brainsynth.tuning.trial import Objective
 from brainsynth.tuning.workers import run_workers
 

@@ -15,9 +15,9 @@ from optuna.trial import TrialState
 
 from brainsynth import provenance, tracking
 from brainsynth.config import Config
+from brainsynth.errors import StageError
 from brainsynth.files import digest
 from brainsynth.paths import PREPARED_DIR, STUDY_JOURNAL
-from brainsynth.pipeline.stage import StageError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

@@ -14,11 +14,11 @@ import optuna
 from brainsynth.config import Config
 from brainsynth.data import prepared
 from brainsynth.device import resolve_device
-from brainsynth.engine import DivergenceError, Trainer
-from brainsynth.loop import EpochResult, RunState, fit
-from brainsynth.objective import class_judge, validation_metrics
 from brainsynth.paths import LOG_DIR
-from brainsynth.search_space import search_space, suggest, trial_config
+from brainsynth.training.engine import DivergenceError, Trainer
+from brainsynth.training.loop import EpochResult, RunState, fit
+from brainsynth.training.objective import validation_metrics
+from brainsynth.tuning.search_space import search_space, suggest, trial_config
 from brainsynth.viz import class_grid
 
 log = logging.getLogger("brainsynth.tune")
@@ -44,12 +44,11 @@ class Objective:
 
     def __init__(self, cfg: Config, data: prepared.PreparedData, parent_run_id: str, device=None, quiet: bool = False,
                  worker: str = "main"):
-        self.cfg, self.class_names, self.parent_run_id, self.device = cfg, data.class_names, parent_run_id, device
+        self.cfg, self.class_names, self.parent_run_id = cfg, data.class_names, parent_run_id
+        self.device = device or resolve_device(cfg.train.device)
         self.worker = worker  # who runs the trials (tagged on each, so a study shared by workers and machines can be read)
         self.space = search_space(cfg, quiet)
         self.arrays = trial_data(cfg, data, quiet)
-        train_images, train_labels = data.split("train")
-        self.judge = class_judge(cfg, train_images, train_labels, len(data.class_names), device or resolve_device(cfg.train.device))
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = self.cfg
@@ -79,7 +78,7 @@ class Objective:
                     state = "PRUNED"
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-            history = fit(trainer, cfg.tune.epochs, lambda t: validation_metrics(t, val_images, val_labels, trial_cfg, self.judge),
+            history = fit(trainer, cfg.tune.epochs, lambda t: validation_metrics(t, val_images, val_labels, trial_cfg),
                           every=1, on_epoch=report).val_history
             value = history[-1]["val_objective"]
             path = class_grid(trainer.sample, self.class_names, 6, cfg.seed, LOG_DIR / f"tune_trial_{trial.number:03d}.png",

@@ -1,5 +1,5 @@
 """Worker processes that share one study (``tune.n_workers``), each on its own GPU when there are
-several; they log like a stage (``stage.setup_logging``) and stop like one (SIGTERM → KeyboardInterrupt)."""
+several; they log like a stage (``runtime.setup_logging``) and stop like one (SIGTERM → KeyboardInterrupt)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from brainsynth import tracking
 from brainsynth.config import Config, validate
 from brainsynth.data import prepared
 from brainsynth.device import resolve_device
+from brainsynth.errors import StageError
 from brainsynth.paths import LOG_DIR, PREPARED_DIR
-from brainsynth.pipeline.stage import StageError, raise_interrupt, setup_logging
+from brainsynth.runtime import raise_interrupt, setup_logging
 from brainsynth.tuning.study import ProgressLog, close_stale_trial_run, make_pruner, make_sampler, open_storage, stop_callbacks, study_done
 from brainsynth.tuning.trial import Objective
 
