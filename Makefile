@@ -17,7 +17,7 @@ SHELL := /bin/bash
 # run-quick: the tiny preset (presets/tiny.yaml), logged to its own MLflow experiment; the workspace's
 # results are untouched (dvc exp run --temp), the experiment shows in `dvc exp show`. The preset's
 # flags are read when a recipe runs (after setup), so they come from the venv's Python.
-TINY = $(shell $(BIN)/python -m brainsynth.overrides presets/tiny.yaml)
+TINY = $(or $(shell $(BIN)/python -m brainsynth.overrides presets/tiny.yaml),$(error presets/tiny.yaml could not be read: the line above says why))
 QUICK = -S mlflow.experiment=brainsynth-quick -S mlflow.registered_model=brainsynth-quick $(TINY)
 
 setup: $(STAMP)

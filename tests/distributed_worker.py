@@ -61,7 +61,7 @@ def gradients(world: distributed.World) -> dict:
 
     critic.requires_grad_(False)
     decoded = model.vae.decode(z, labels)
-    generator_loss = losses.reconstruction(decoded, real) + 0.01 * losses.generator_adversarial(critic(decoded, model.labels(labels)))
+    generator_loss = torch.nn.functional.l1_loss(decoded, real) + 0.01 * losses.generator_adversarial(critic(decoded, model.labels(labels)))
     generator_loss.backward()
     generator_step = collected(model.generator_parameters())
     return {"critic_step": critic_step, "penalty_only": penalty_only, "generator_step": generator_step}

@@ -118,7 +118,7 @@ def class_rows(images: np.ndarray, labels: np.ndarray, class_names: list[str], p
 
 def training_curves(history: list[dict[str, float]], val_history: list[dict], path: Path,
                     panels: tuple[tuple[str, tuple[str, ...]], ...]) -> Path:
-    """Per-epoch training losses in two ``panels`` of (title, loss names) — ``losses.curve_panels()``:
+    """Per-epoch training losses in two ``panels`` of (title, loss names) — ``training.losses.curve_panels``:
     the adversarial terms (±10) would flatten the reconstruction and KL terms (≈ 0.1) on one axis —
     (series that stayed 0, i.e. disabled terms, are left out) and the validation scores, as one
     figure of three panels."""

@@ -145,8 +145,6 @@ class Critic(nn.Module):
     """Wasserstein critic: (B, 1, S, S) [, labels (B,)] → raw score (B,). No sigmoid, no BatchNorm.
 
     Class conditioning by projection (Miyato & Koyama 2018): score = w·h + <embed(y), h>.
-    ``forward(..., features=True)`` also returns the mid-level feature map used by the
-    Larsen-style feature reconstruction loss.
     """
 
     def __init__(self, cfg: ModelConfig, image_size: int, n_classes: int = 0):
@@ -162,33 +160,27 @@ class Critic(nn.Module):
             if res in cfg.self_attention_res:
                 blocks.append(SelfAttention(c_out))
         self.blocks = nn.ModuleList(blocks)
-        self.feature_index = max(0, len(blocks) // 2 - 1)
         self.act = act
         self.mbstd = MinibatchStd(cfg.critic_mbstd_group) if cfg.critic_mbstd_group > 1 else None
         self.final = nn.Conv2d(chans[-1] + (1 if self.mbstd else 0), chans[-1], 3, padding=1)
         self.linear = nn.Linear(chans[-1], 1)
         self.embed = nn.Embedding(n_classes, chans[-1]) if n_classes else None
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, features: bool = False,
-                set_sizes: tuple[int, ...] | None = None):
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, set_sizes: tuple[int, ...] | None = None) -> torch.Tensor:
         """``set_sizes``: sizes of the consecutive sets that make up the batch (default: one set),
         so that one call can judge several sets with per-set minibatch statistics."""
         if set_sizes is not None and sum(set_sizes) != x.shape[0]:
             raise ValueError(f"set_sizes {set_sizes} do not add up to the batch size {x.shape[0]}")
         h = self.stem(x)
-        mid = h
-        for index, block in enumerate(self.blocks):
+        for block in self.blocks:
             h = block(h)
-            if index == self.feature_index:
-                mid = h
         if self.mbstd is not None:
             h = self.mbstd(h, set_sizes)
         pooled = self.act(self.final(self.act(h))).sum(dim=(2, 3))  # (B, C)
         score = self.linear(pooled).squeeze(1)
         if self.embed is not None:
             score = score + (self.embed(labels) * pooled).sum(dim=1)
-        return (score, mid) if features else score
-
+        return score
 
 class VAE:
     """The one meaning of encode, sample and reconstruct, over an encoder and its decoder (MONAI's
