@@ -105,7 +105,8 @@ def run(cfg: Config, log: logging.Logger) -> None:
     data = prepared.load(PREPARED_DIR)
     (train_images, train_labels), (val_images, val_labels) = data.split("train"), data.split("val")
     world = distributed.world_from_env()
-    rank_device = distributed.init(world, cuda=resolve_device(cfg.train.device).type == "cuda")
+    device = resolve_device(cfg.train.device)
+    rank_device = distributed.init(world, cuda=device.type == "cuda") or device  # a rank's own GPU, or the one device
     trainer = Trainer(cfg, train_images, train_labels, len(data.class_names), rank_device, world)
     log.info("training on %s: %d images, %d steps/epoch, batch %d%s", trainer.device, len(train_images), trainer.steps_per_epoch,
              trainer.batch_size, f" ({world.size} processes × {trainer.local_batch})" if world.distributed else "")
